@@ -1,0 +1,1 @@
+"""The `ledger` command line (click): thin commands over runtime/, processors/ and projections/."""

@@ -1,0 +1,56 @@
+"""Entry point of the `ledger` command: the command group and its error handling."""
+
+from __future__ import annotations
+
+import click
+import sqlalchemy.exc
+from confluent_kafka import KafkaException
+from pydantic import ValidationError
+
+from commands.output import fail
+from runtime.kafka_admin import TopicError
+from runtime.processes import ServiceStartError
+from runtime.stack import StackNotRunning
+
+# Failures a user can act on: shown as one clear line and exit code 1, not a traceback.
+EXPECTED_FAILURES = (
+    ServiceStartError,
+    StackNotRunning,
+    TopicError,
+    KafkaException,
+    sqlalchemy.exc.OperationalError,
+    TimeoutError,
+)
+
+
+class LedgerGroup(click.Group):
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except EXPECTED_FAILURES as exc:
+            fail(str(exc).strip() or type(exc).__name__)
+        except ValidationError as exc:
+            fail(f"invalid LEDGER_* setting: {exc}")
+
+
+@click.group(cls=LedgerGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="payout-ledger")
+def cli() -> None:
+    """Payout ledger: an event-sourced ledger of marketplace payouts over Kafka.
+
+    Settings come from LEDGER_* environment variables (see README). Without LEDGER_KAFKA_BOOTSTRAP
+    and LEDGER_DATABASE_URL, commands use the embedded stack started by `ledger up`.
+    """
+
+
+def _register() -> None:
+    from commands import schemas_command, smoke, stack_commands
+
+    cli.add_command(stack_commands.up)
+    cli.add_command(stack_commands.down)
+    cli.add_command(stack_commands.status)
+    cli.add_command(schemas_command.schemas)
+    cli.add_command(smoke.smoke)
+
+
+_register()

@@ -1,0 +1,1 @@
+"""Kafka-facing processes and their building blocks: they read, call the pure domain, write."""

@@ -1,0 +1,1 @@
+"""Postgres read models built from the ledger's events (SQLAlchemy, Alembic migrations)."""

@@ -1,0 +1,61 @@
+"""Database engines and migrations (Alembic scripts live in projections/migrations)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import sqlalchemy
+from sqlalchemy.engine import make_url
+
+MIGRATIONS_DIR = Path(__file__).resolve().parents[1] / "projections" / "migrations"
+
+
+def with_search_path(url: str, schema: str) -> str:
+    """The same database URL, with every connection's search_path set to `schema`."""
+    return make_url(url).update_query_dict({"options": f"-csearch_path={schema}"}).render_as_string(
+        hide_password=False
+    )
+
+
+def make_engine(url: str, **kwargs: object) -> sqlalchemy.Engine:
+    return sqlalchemy.create_engine(url, pool_pre_ping=True, **kwargs)
+
+
+def alembic_config(url: str):
+    from alembic.config import Config
+
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS_DIR))
+    config.set_main_option("sqlalchemy.url", url.replace("%", "%%"))
+    return config
+
+
+def run_migrations(url: str) -> str:
+    """Upgrade the database to the newest migration; returns the revision it is at."""
+    from alembic import command
+
+    command.upgrade(alembic_config(url), "head")
+    return current_revision(url) or ""
+
+
+def current_revision(url: str) -> str | None:
+    from alembic.runtime.migration import MigrationContext
+
+    engine = make_engine(url)
+    try:
+        with engine.connect() as connection:
+            return MigrationContext.configure(connection).get_current_revision()
+    finally:
+        engine.dispose()
+
+
+def database_answers(url: str) -> bool:
+    engine = make_engine(url, connect_args={"connect_timeout": 2})
+    try:
+        with engine.connect() as connection:
+            connection.execute(sqlalchemy.text("SELECT 1"))
+        return True
+    except sqlalchemy.exc.SQLAlchemyError:
+        return False
+    finally:
+        engine.dispose()

@@ -1,0 +1,59 @@
+"""All settings in one place, read from LEDGER_* environment variables (pydantic-settings)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+@dataclass(frozen=True)
+class TopicSpec:
+    name: str
+    partitions: int
+    config: dict[str, str]
+
+
+class Settings(BaseSettings):
+    """Connection settings, topic names and partition counts, and where embedded services keep data.
+
+    With kafka_bootstrap / database_url unset, the embedded broker and PostgreSQL started by
+    `ledger up` are used (their addresses are read from the data dir's stack.json).
+    """
+
+    model_config = SettingsConfigDict(env_prefix="LEDGER_", extra="ignore")
+
+    kafka_bootstrap: str | None = Field(None, description="Kafka bootstrap servers; unset = embedded broker")
+    database_url: str | None = Field(None, description="SQLAlchemy URL of PostgreSQL; unset = embedded")
+    schema_registry_url: str | None = Field(None, description="Confluent schema registry; unset = single-object encoding")
+    data_dir: Path = Field(Path(".ledger"), description="where the embedded stack keeps its files")
+
+    topic_incoming: str = "payments.incoming"
+    topic_events: str = "ledger.events"
+    topic_dlq: str = "ledger.dlq"
+    partitions_incoming: int = Field(3, ge=1)
+    partitions_events: int = Field(3, ge=1)
+    partitions_dlq: int = Field(1, ge=1)
+    replication_factor: int = Field(1, ge=1, description="3 in production (Apache Kafka)")
+
+    embedded_kafka_port: int = Field(19092, ge=1, le=65535)
+    embedded_postgres_port: int = Field(15432, ge=1, le=65535)
+    embedded_database: str = "ledger"
+
+    @field_validator("kafka_bootstrap", "database_url", "schema_registry_url", mode="before")
+    @classmethod
+    def _blank_is_unset(cls, value: object) -> object:
+        return None if isinstance(value, str) and not value.strip() else value
+
+    def topic_specs(self) -> list[TopicSpec]:
+        """The topics the ledger needs; ledger.events keeps everything forever (it is the ledger)."""
+        durable = {"cleanup.policy": "delete", "retention.ms": "-1"}
+        if self.replication_factor >= 3:
+            durable["min.insync.replicas"] = "2"
+        return [
+            TopicSpec(self.topic_incoming, self.partitions_incoming, {}),
+            TopicSpec(self.topic_events, self.partitions_events, durable),
+            TopicSpec(self.topic_dlq, self.partitions_dlq, durable),
+        ]

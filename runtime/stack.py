@@ -1,0 +1,185 @@
+"""`ledger up / down / status`: the embedded broker and PostgreSQL as one stack under the data dir.
+
+The stack's state (pids, addresses) lives in <data_dir>/stack.json so that every later command, in
+any shell, finds the running services. A service given by LEDGER_KAFKA_BOOTSTRAP or
+LEDGER_DATABASE_URL is used as it is and never started or stopped here.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Callable, Iterator
+
+from runtime import embedded_broker, embedded_postgres
+from runtime.database import current_revision, database_answers, run_migrations
+from runtime.kafka_admin import ensure_topics
+from runtime.processes import stop_pid
+from runtime.settings import Settings
+
+Report = Callable[[str], None]
+
+
+class StackNotRunning(RuntimeError):
+    """No broker or database is configured and the embedded stack is not up."""
+
+
+@dataclass
+class StackState:
+    kafka_bootstrap: str
+    database_url: str
+    broker_pid: int | None = None  # None: external broker, not ours to stop
+    postgres_pgdata: str | None = None  # None: external database
+    postgres_pid: int | None = None
+    started_at: str = field(default_factory=lambda: datetime.now(timezone.utc).isoformat())
+
+
+def _state_path(settings: Settings) -> Path:
+    return settings.data_dir / "stack.json"
+
+
+def read_state(settings: Settings) -> StackState | None:
+    try:
+        return StackState(**json.loads(_state_path(settings).read_text()))
+    except (OSError, ValueError, TypeError):
+        return None
+
+
+def _write_state(settings: Settings, state: StackState) -> None:
+    path = _state_path(settings)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(asdict(state), indent=2))
+    os.replace(tmp, path)
+
+
+@contextmanager
+def _exclusive(settings: Settings) -> Iterator[None]:
+    """One `ledger up`/`down` at a time per data dir."""
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    with (settings.data_dir / ".lock").open("w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _broker_running(state: StackState | None) -> bool:
+    return bool(state and state.broker_pid and embedded_broker.broker_is_running(state.broker_pid, state.kafka_bootstrap))
+
+
+def _postgres_running(state: StackState | None) -> bool:
+    if not (state and state.postgres_pgdata):
+        return False
+    pid = embedded_postgres.postmaster_pid(Path(state.postgres_pgdata))
+    return bool(pid and state.postgres_pid == pid and database_answers(state.database_url))
+
+
+def up(settings: Settings, report: Report = lambda _: None) -> tuple[StackState, bool]:
+    """Start what is not running, create topics, migrate. Returns (state, already_running)."""
+    with _exclusive(settings):
+        previous = read_state(settings)
+        want_broker = settings.kafka_bootstrap is None
+        want_postgres = settings.database_url is None
+        broker_ok = want_broker and _broker_running(previous)
+        postgres_ok = want_postgres and _postgres_running(previous)
+        same_externals = previous is not None and settings.kafka_bootstrap in (None, previous.kafka_bootstrap) and (
+            settings.database_url in (None, previous.database_url)
+        )
+        if (want_broker or want_postgres) and same_externals and broker_ok == want_broker and postgres_ok == want_postgres:
+            return previous, True
+
+        if settings.kafka_bootstrap:
+            bootstrap, broker_pid = settings.kafka_bootstrap, None
+            report(f"broker: using {bootstrap} (LEDGER_KAFKA_BOOTSTRAP)")
+        elif broker_ok and previous:
+            bootstrap, broker_pid = previous.kafka_bootstrap, previous.broker_pid
+        else:
+            report("broker: starting embedded Tansu")
+            handle = embedded_broker.start_broker(settings.data_dir, settings.embedded_kafka_port)
+            bootstrap, broker_pid = handle.bootstrap, handle.pid
+
+        if settings.database_url:
+            database_url, pgdata, postgres_pid = settings.database_url, None, None
+            report("database: using LEDGER_DATABASE_URL")
+        elif postgres_ok and previous:
+            database_url, pgdata, postgres_pid = previous.database_url, previous.postgres_pgdata, previous.postgres_pid
+        else:
+            report("database: starting embedded PostgreSQL")
+            pg = embedded_postgres.start_postgres(
+                (settings.data_dir / "postgres").resolve(), settings.embedded_postgres_port, settings.embedded_database
+            )
+            database_url, pgdata, postgres_pid = pg.url(settings.embedded_database), str(pg.pgdata), pg.pid
+
+        state = StackState(bootstrap, database_url, broker_pid, pgdata, postgres_pid)
+        _write_state(settings, state)
+        created = ensure_topics(bootstrap, settings.topic_specs(), settings.replication_factor)
+        report(f"topics: {', '.join(created) if created else 'all present'}")
+        revision = run_migrations(database_url)
+        report(f"database: migrated to revision {revision}")
+        return state, False
+
+
+def down(settings: Settings, report: Report = lambda _: None) -> list[str]:
+    """Stop the embedded services this data dir started; returns what was stopped."""
+    with _exclusive(settings):
+        state = read_state(settings)
+        stopped: list[str] = []
+        if state is None:
+            return stopped
+        if state.broker_pid and stop_pid(state.broker_pid):
+            stopped.append("broker")
+            report("broker: stopped")
+        if state.postgres_pgdata and embedded_postgres.stop_postgres(Path(state.postgres_pgdata)):
+            stopped.append("postgres")
+            report("database: stopped (data kept in the data dir)")
+        _state_path(settings).unlink(missing_ok=True)
+        return stopped
+
+
+def status(settings: Settings) -> dict[str, object]:
+    """What runs: each service's address, whether it answers, and whether it is embedded."""
+    state = read_state(settings)
+    bootstrap = settings.kafka_bootstrap or (state.kafka_bootstrap if state else None)
+    database_url = settings.database_url or (state.database_url if state else None)
+    broker_embedded = settings.kafka_bootstrap is None
+    postgres_embedded = settings.database_url is None
+    broker_up = (
+        _broker_running(state) if broker_embedded else embedded_broker.broker_answers(bootstrap)
+    )
+    postgres_up = _postgres_running(state) if postgres_embedded else database_answers(database_url)
+    return {
+        "data_dir": str(settings.data_dir.resolve()),
+        "running": bool(broker_up and postgres_up),
+        "broker": {
+            "embedded": broker_embedded,
+            "running": bool(broker_up),
+            "bootstrap": bootstrap,
+            "pid": state.broker_pid if state and broker_embedded else None,
+        },
+        "postgres": {
+            "embedded": postgres_embedded,
+            "running": bool(postgres_up),
+            "url": database_url,
+            "pid": state.postgres_pid if state and postgres_embedded else None,
+            "revision": current_revision(database_url) if postgres_up and database_url else None,
+        },
+        "started_at": state.started_at if state else None,
+    }
+
+
+def connections(settings: Settings) -> tuple[str, str]:
+    """(kafka bootstrap, database URL) for every other command: settings first, else the running stack."""
+    state = read_state(settings)
+    bootstrap = settings.kafka_bootstrap or (state.kafka_bootstrap if state else None)
+    database_url = settings.database_url or (state.database_url if state else None)
+    if not bootstrap or not database_url:
+        raise StackNotRunning(
+            "no broker or database: run `ledger up` (embedded) or set LEDGER_KAFKA_BOOTSTRAP and LEDGER_DATABASE_URL"
+        )
+    return bootstrap, database_url
