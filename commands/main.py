@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import click
 import sqlalchemy.exc
 from confluent_kafka import KafkaException
@@ -30,7 +32,17 @@ class LedgerGroup(click.Group):
         except EXPECTED_FAILURES as exc:
             fail(str(exc).strip() or type(exc).__name__)
         except ValidationError as exc:
-            fail(f"invalid LEDGER_* setting: {exc}")
+            problems = "; ".join(
+                f"LEDGER_{'_'.join(str(part) for part in error['loc']).upper()}: {error['msg']}"
+                for error in exc.errors()
+            )
+            fail(f"invalid setting: {problems}")
+        except (click.exceptions.Exit, click.ClickException, click.Abort, SystemExit, KeyboardInterrupt):
+            raise
+        except Exception as exc:  # a bug, not a user error: say so briefly; LEDGER_DEBUG=1 shows the traceback
+            if os.environ.get("LEDGER_DEBUG"):
+                raise
+            fail(f"unexpected {type(exc).__name__}: {exc} (set LEDGER_DEBUG=1 for the traceback)")
 
 
 @click.group(cls=LedgerGroup, context_settings={"help_option_names": ["-h", "--help"]})

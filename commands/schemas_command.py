@@ -9,7 +9,7 @@ from commands.output import console, emit_json
 from ledger.codec import EventCodec, encoded_schemas
 
 
-@click.command()
+@click.command(short_help="List event schemas with versions and fingerprints.")
 @click.option("--json", "as_json", is_flag=True, help="Print as JSON.")
 def schemas(as_json: bool) -> None:
     """List the event schemas with their versions and CRC-64-AVRO fingerprints."""

@@ -43,7 +43,7 @@ def _payment(run_id: str, payee_id: str, code: str, index: int, rng: random.Rand
     )
 
 
-@click.command()
+@click.command(short_help="Round-trip chained events through broker and database.")
 @click.option("--payments", default=200, show_default=True, type=click.IntRange(1, 100_000),
               help="Payments to append.")
 @click.option("--seed", default=None, type=int, help="Random seed (default: random).")

@@ -14,7 +14,7 @@ from runtime.settings import Settings
 EXIT_NOT_RUNNING = 3  # like LSB `status`: 0 running, 3 not running
 
 
-@click.command()
+@click.command(short_help="Start the embedded broker and PostgreSQL (topics, migrations).")
 @click.option("--json", "as_json", is_flag=True, help="Print the connection settings as JSON.")
 def up(as_json: bool) -> None:
     """Start the embedded broker and PostgreSQL, create topics, migrate; return with both running."""
@@ -35,7 +35,7 @@ def up(as_json: bool) -> None:
     console.print("Stop it with `ledger down`.")
 
 
-@click.command()
+@click.command(short_help="Stop the embedded broker and PostgreSQL.")
 @click.option("--json", "as_json", is_flag=True, help="Print what was stopped as JSON.")
 def down(as_json: bool) -> None:
     """Stop the embedded broker and PostgreSQL started by `ledger up` (database files are kept)."""
@@ -47,7 +47,7 @@ def down(as_json: bool) -> None:
         console.print("nothing was running")
 
 
-@click.command()
+@click.command(short_help="Show what runs: broker, database, addresses, pids.")
 @click.option("--json", "as_json", is_flag=True, help="Print the status as JSON.")
 def status(as_json: bool) -> None:
     """Say what runs: broker and database, addresses, pids. Exit 0 when both run, 3 otherwise."""

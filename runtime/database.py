@@ -10,15 +10,23 @@ from sqlalchemy.engine import make_url
 MIGRATIONS_DIR = Path(__file__).resolve().parents[1] / "projections" / "migrations"
 
 
+def normalize_url(url: str) -> str:
+    """Use psycopg2 for plain postgresql:// and postgres:// URLs (SQLAlchemy 2.1 would pick psycopg 3)."""
+    parsed = make_url(url.replace("postgres://", "postgresql://", 1) if url.startswith("postgres://") else url)
+    if parsed.drivername == "postgresql":
+        parsed = parsed.set(drivername="postgresql+psycopg2")
+    return parsed.render_as_string(hide_password=False)
+
+
 def with_search_path(url: str, schema: str) -> str:
     """The same database URL, with every connection's search_path set to `schema`."""
-    return make_url(url).update_query_dict({"options": f"-csearch_path={schema}"}).render_as_string(
+    return make_url(normalize_url(url)).update_query_dict({"options": f"-csearch_path={schema}"}).render_as_string(
         hide_password=False
     )
 
 
 def make_engine(url: str, **kwargs: object) -> sqlalchemy.Engine:
-    return sqlalchemy.create_engine(url, pool_pre_ping=True, **kwargs)
+    return sqlalchemy.create_engine(normalize_url(url), pool_pre_ping=True, **kwargs)
 
 
 def alembic_config(url: str):
@@ -26,7 +34,7 @@ def alembic_config(url: str):
 
     config = Config()
     config.set_main_option("script_location", str(MIGRATIONS_DIR))
-    config.set_main_option("sqlalchemy.url", url.replace("%", "%%"))
+    config.set_main_option("sqlalchemy.url", normalize_url(url).replace("%", "%%"))
     return config
 
 

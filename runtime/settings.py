@@ -47,6 +47,18 @@ class Settings(BaseSettings):
     def _blank_is_unset(cls, value: object) -> object:
         return None if isinstance(value, str) and not value.strip() else value
 
+    @field_validator("database_url")
+    @classmethod
+    def _psycopg2_driver(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        from runtime.database import normalize_url
+
+        try:
+            return normalize_url(value)
+        except Exception as exc:  # SQLAlchemy's ArgumentError: say which setting and why
+            raise ValueError(f"not a database URL ({exc})") from None
+
     def topic_specs(self) -> list[TopicSpec]:
         """The topics the ledger needs; ledger.events keeps everything forever (it is the ledger)."""
         durable = {"cleanup.policy": "delete", "retention.ms": "-1"}

@@ -92,6 +92,7 @@ def up(settings: Settings, report: Report = lambda _: None) -> tuple[StackState,
             settings.database_url in (None, previous.database_url)
         )
         if (want_broker or want_postgres) and same_externals and broker_ok == want_broker and postgres_ok == want_postgres:
+            _prepare(settings, previous, report)  # idempotent: catches settings that no longer match
             return previous, True
 
         if settings.kafka_bootstrap:
@@ -118,11 +119,16 @@ def up(settings: Settings, report: Report = lambda _: None) -> tuple[StackState,
 
         state = StackState(bootstrap, database_url, broker_pid, pgdata, postgres_pid)
         _write_state(settings, state)
-        created = ensure_topics(bootstrap, settings.topic_specs(), settings.replication_factor)
-        report(f"topics: {', '.join(created) if created else 'all present'}")
-        revision = run_migrations(database_url)
-        report(f"database: migrated to revision {revision}")
+        _prepare(settings, state, report)
         return state, False
+
+
+def _prepare(settings: Settings, state: StackState, report: Report) -> None:
+    """Create missing topics (checking partition counts of existing ones) and migrate the database."""
+    created = ensure_topics(state.kafka_bootstrap, settings.topic_specs(), settings.replication_factor)
+    report(f"topics: {'created ' + ', '.join(created) if created else 'all present'}")
+    revision = run_migrations(state.database_url)
+    report(f"database: migrated to revision {revision}")
 
 
 def down(settings: Settings, report: Report = lambda _: None) -> list[str]:

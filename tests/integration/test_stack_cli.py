@@ -51,6 +51,7 @@ def test_help_lists_every_command_with_a_description():
     for command in ("up", "down", "status", "schemas", "smoke"):
         line = next((l for l in result.stdout.splitlines() if l.strip().startswith(command + " ")), None)
         assert line is not None and len(line.split()) > 2, f"{command} missing or undescribed in:\n{result.stdout}"
+        assert "..." not in line, f"description of {command} is cut: {line}"
 
 
 def test_embedded_stack_lifecycle(embedded_env):
@@ -65,6 +66,9 @@ def test_embedded_stack_lifecycle(embedded_env):
 
     again = run(embedded_env, "up")
     assert "already running" in again.stdout
+    mismatch = run({**embedded_env, "LEDGER_PARTITIONS_EVENTS": "6"}, "up", check=False)
+    assert mismatch.returncode == 1
+    assert "ledger.events has 3 partitions but the settings say 6" in mismatch.stderr.replace("\n", " ")
     assert run_json(embedded_env, "status")["broker"]["pid"] == status["broker"]["pid"]
 
     smoke = run_json(embedded_env, "smoke", "--payments", "40", "--seed", "7")
@@ -140,3 +144,15 @@ def test_external_services_are_used_and_nothing_is_started(settings, tmp_path):
 
     assert run_json(env, "down")["stopped"] == []
     assert run_json(env, "status")["running"] is True  # external services are not ours to stop
+
+
+@pytest.mark.parametrize(("variable", "value", "message"), [
+    ("LEDGER_PARTITIONS_EVENTS", "0", "LEDGER_PARTITIONS_EVENTS"),
+    ("LEDGER_DATABASE_URL", "not a url", "not a database URL"),
+    ("LEDGER_EMBEDDED_KAFKA_PORT", "99999", "LEDGER_EMBEDDED_KAFKA_PORT"),
+])
+def test_invalid_settings_are_named_without_a_traceback(embedded_env, variable, value, message):
+    result = run({**embedded_env, variable: value}, "status", check=False)
+    assert result.returncode == 1
+    assert message in result.stderr.replace("\n", " ")
+    assert "Traceback" not in result.stderr

@@ -31,3 +31,13 @@ def test_invalid_values_name_the_setting(monkeypatch):
     monkeypatch.setenv("LEDGER_PARTITIONS_EVENTS", "0")
     with pytest.raises(ValidationError, match="partitions_events"):
         Settings()
+
+
+@pytest.mark.parametrize(("given", "expected"), [
+    ("postgresql://u@h:5432/db", "postgresql+psycopg2://u@h:5432/db"),
+    ("postgres://u:p@h/db", "postgresql+psycopg2://u:p@h/db"),
+    ("postgresql+psycopg2://u@h/db", "postgresql+psycopg2://u@h/db"),
+])
+def test_database_urls_use_the_installed_driver(monkeypatch, given, expected):
+    monkeypatch.setenv("LEDGER_DATABASE_URL", given)
+    assert Settings().database_url == expected
