@@ -201,6 +201,56 @@ class ConfluentFraming:
         return known
 
 
+def _check_payload(value: Any, schema: Any, path: str, named: dict[str, Any]) -> None:
+    """Refuse what fastavro would let through: unknown or missing fields, and Money not given as Money.
+
+    Primitive types are left to fastavro's validation; errors name the field by its path.
+    """
+    if isinstance(schema, str):
+        if schema == MONEY_TYPE:
+            if not isinstance(value, Money):
+                got = "a mapping" if hasattr(value, "keys") else type(value).__name__
+                raise EventEncodingError(f"{path} must be a ledger.money.Money, got {got}")
+        elif schema in named:
+            _check_payload(value, named[schema], path, named)
+        return
+    if isinstance(schema, list):
+        if value is None and "null" in schema:
+            return
+        branches = [branch for branch in schema if branch != "null"]
+        if len(branches) == 1:
+            _check_payload(value, branches[0], path, named)
+        return
+    kind = schema.get("type")
+    if kind == "record":
+        full = _full_name(schema["name"], schema.get("namespace"))
+        named.setdefault(full, schema)
+        if full == MONEY_TYPE:
+            _check_payload(value, MONEY_TYPE, path, named)
+            return
+        if not hasattr(value, "keys"):
+            raise EventEncodingError(f"{path} must be a record (mapping), got {type(value).__name__}")
+        fields = {field["name"]: field for field in schema["fields"]}
+        unknown = sorted(set(value.keys()) - set(fields))
+        if unknown:
+            raise EventEncodingError(f"{path} has unknown field(s) {', '.join(unknown)}")
+        for name, field in fields.items():
+            if name in value:
+                _check_payload(value[name], field["type"], f"{path}.{name}", named)
+            elif "default" not in field:
+                raise EventEncodingError(f"{path}.{name} is missing")
+    elif kind in ("enum", "fixed"):
+        named.setdefault(_full_name(schema["name"], schema.get("namespace")), schema)
+    elif kind == "array" and isinstance(value, (list, tuple)):
+        for index, item in enumerate(value):
+            _check_payload(item, schema["items"], f"{path}[{index}]", named)
+    elif kind == "map" and hasattr(value, "items"):
+        for key, item in value.items():
+            _check_payload(item, schema["values"], f"{path}[{key!r}]", named)
+    elif isinstance(kind, (dict, list)):
+        _check_payload(value, kind, path, named)
+
+
 def _to_wire(value: Any) -> Any:
     if isinstance(value, Money):
         return {
@@ -266,9 +316,17 @@ class EventCodec:
         self.framing: Framing = framing or SingleObjectFraming()
 
     def encode(self, event: Event) -> bytes:
-        known = self.schemas.current(event.event_type)
+        try:
+            known = self.schemas.current(event.event_type)
+        except UndecodableEvent as exc:
+            raise EventEncodingError(f"cannot encode {event.event_type}: {exc.reason}") from None
+        named: dict[str, Any] = {}
+        fields = known.definition["fields"]
+        _check_payload({"envelope": None, **event.payload},
+                       {**known.definition, "fields": [{"name": "envelope", "type": "null"}, *fields[1:]]},
+                       event.event_type, named)
         envelope = replace(event.envelope, schema_version=known.version)
-        record = {"envelope": asdict(envelope), **_to_wire(dict(event.payload))}
+        record = {"envelope": asdict(envelope), **_to_wire(event.payload)}
         try:
             fastavro.validation.validate(record, known.parsed, raise_errors=True)
         except fastavro.validation.ValidationError as exc:
@@ -303,11 +361,9 @@ class EventCodec:
             raise UndecodableEvent(f"expected bytes, got {type(data).__name__}")
         data = bytes(data)
         writer, offset = self._writer_schema(data)
-        reader = self.schemas.current(writer.name) if writer.name in EVENT_TYPES else None
-        if reader is None:
-            raise UndecodableEvent(f"unknown event type {writer.name!r}", data)
         body = io.BytesIO(data[offset:])
         try:
+            reader = self.schemas.current(writer.name)
             record = fastavro.schemaless_reader(body, writer.parsed, reader.parsed)
             if body.tell() != len(data) - offset:
                 raise UndecodableEvent(f"{len(data) - offset - body.tell()} trailing bytes after the event", data)

@@ -81,7 +81,7 @@ class Event:
 
     def __post_init__(self) -> None:
         require("envelope" not in self.payload, "payload must not contain an 'envelope' field")
-        object.__setattr__(self, "payload", MappingProxyType(dict(self.payload)))
+        object.__setattr__(self, "payload", _frozen(self.payload))
 
     @property
     def event_type(self) -> str:
@@ -90,6 +90,15 @@ class Event:
     @property
     def payee_id(self) -> str:
         return self.envelope.payee_id
+
+
+def _frozen(value: Any) -> Any:
+    """A read-only deep copy: mappings become MappingProxyType, lists become tuples."""
+    if isinstance(value, Mapping):
+        return MappingProxyType({key: _frozen(item) for key, item in value.items()})
+    if isinstance(value, (list, tuple)):
+        return tuple(_frozen(item) for item in value)
+    return value
 
 
 def new_envelope(
