@@ -10,7 +10,11 @@ from confluent_kafka import KafkaException
 from pydantic import ValidationError
 
 from commands.output import fail
+from processors.dead_letters import UnknownDeadLetter
+from processors.kafka_io import DeliveryFailed
+from processors.ledger_replay import CorruptLedger
 from runtime.kafka_admin import TopicError
+from runtime.single_instance import AlreadyRunning
 from runtime.processes import ServiceStartError
 from runtime.stack import StackNotRunning
 
@@ -22,6 +26,10 @@ EXPECTED_FAILURES = (
     KafkaException,
     sqlalchemy.exc.OperationalError,
     TimeoutError,
+    AlreadyRunning,
+    UnknownDeadLetter,
+    CorruptLedger,
+    DeliveryFailed,
 )
 
 
@@ -56,13 +64,16 @@ def cli() -> None:
 
 
 def _register() -> None:
-    from commands import schemas_command, smoke, stack_commands
+    from commands import dlq, schemas_command, sequencer_command, smoke, stack_commands
 
     cli.add_command(stack_commands.up)
     cli.add_command(stack_commands.down)
     cli.add_command(stack_commands.status)
     cli.add_command(schemas_command.schemas)
     cli.add_command(smoke.smoke)
+    from commands import publish; cli.add_command(publish.publish)  # noqa: E702
+    cli.add_command(sequencer_command.sequencer)
+    cli.add_command(dlq.dlq)
 
 
 _register()

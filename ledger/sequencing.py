@@ -33,3 +33,14 @@ class Sequencer:
         head.sequence += 1
         head.hash = event_hash(encoded)
         return sequenced, encoded
+
+    def observe(self, event: Event, encoded: bytes) -> None:
+        """Advance a payee's head past an event already stored (rebuilding from the log)."""
+        head = self.heads.setdefault(event.payee_id, ChainHead())
+        require(
+            event.envelope.sequence == head.sequence + 1 and event.envelope.previous_hash == head.hash,
+            f"stored chain of payee {event.payee_id} is broken at sequence {event.envelope.sequence} "
+            f"(expected {head.sequence + 1} after hash {head.hash[:16]})",
+        )
+        head.sequence += 1
+        head.hash = event_hash(encoded)

@@ -29,6 +29,8 @@ def make_producer(bootstrap: str, **overrides: object) -> Producer:
         "acks": "all",
         "linger.ms": 5,
         "compression.type": "none",
+        # Java clients, Faust and Kafka Streams hash keys with murmur2; librdkafka's default differs.
+        "partitioner": "murmur2_random",
     }
     config.update(overrides)
     return Producer(config)
@@ -81,6 +83,7 @@ def read_topic(bootstrap: str, topic: str, timeout_s: float = 30.0) -> Iterator[
             "enable.auto.commit": False,
             "enable.partition.eof": True,
             "auto.offset.reset": "earliest",
+            "fetch.wait.max.ms": 20,  # an empty partition answers (EOF) at once instead of after 500 ms
         }
     )
     try:
@@ -90,7 +93,7 @@ def read_topic(bootstrap: str, topic: str, timeout_s: float = 30.0) -> Iterator[
         while len(at_end) < len(partitions):
             if time.monotonic() > deadline:
                 raise TimeoutError(f"reading {topic}: end not reached within {timeout_s} s")
-            message = consumer.poll(0.5)
+            message = consumer.poll(0.1)
             if message is None:
                 continue
             error = message.error()

@@ -4,9 +4,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+if TYPE_CHECKING:
+    from ledger.intake import IntakeLimits
 
 
 @dataclass(frozen=True)
@@ -38,6 +42,16 @@ class Settings(BaseSettings):
     partitions_dlq: int = Field(1, ge=1)
     replication_factor: int = Field(1, ge=1, description="3 in production (Apache Kafka)")
 
+    max_payment_amount: str = Field("50000.00", description="largest amount per record, in major units")
+    max_payment_amounts: dict[str, str] = Field(default_factory=dict, description='per-currency overrides, JSON: {"XOF": "30000000"}')
+    future_skew_s: int = Field(300, ge=0, description="how far in the future occurred_at may be")
+    metadata_max_keys: int = Field(32, ge=0)
+    metadata_max_bytes: int = Field(4096, ge=0)
+
+    sequencer_group: str = "ledger-sequencer"
+    sequencer_batch_max: int = Field(500, ge=1, le=100_000)
+    sequencer_batch_wait_ms: int = Field(50, ge=1, le=10_000)
+
     embedded_kafka_port: int = Field(19092, ge=1, le=65535)
     embedded_postgres_port: int = Field(15432, ge=1, le=65535)
     embedded_database: str = "ledger"
@@ -58,6 +72,12 @@ class Settings(BaseSettings):
             return normalize_url(value)
         except Exception as exc:  # SQLAlchemy's ArgumentError: say which setting and why
             raise ValueError(f"not a database URL ({exc})") from None
+
+    def intake_limits(self) -> "IntakeLimits":
+        from ledger.intake import IntakeLimits
+
+        return IntakeLimits(self.max_payment_amount, dict(self.max_payment_amounts), self.future_skew_s,
+                            self.metadata_max_keys, self.metadata_max_bytes)
 
     def topic_specs(self) -> list[TopicSpec]:
         """The topics the ledger needs; ledger.events keeps everything forever (it is the ledger)."""

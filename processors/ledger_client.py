@@ -1,0 +1,113 @@
+"""LedgerClient: the library upstream services use to record payments, refunds and adjustments.
+
+Validates before sending (a caller gets IntakeRejected naming the field and the reason), then
+produces Avro events to payments.incoming with an idempotent, acks=all producer, keyed by payee.
+The sequencer validates again, deduplicates and appends to the ledger.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Any, Callable, Iterable, Mapping
+
+from ledger.codec import EventCodec
+from ledger.events import Event
+from ledger.intake import IntakeLimits, IntakeRejected, parse_record
+from processors.kafka_io import DeliveryTracker, flush_or_raise, make_producer
+from runtime.settings import Settings
+
+Clock = Callable[[], datetime]
+
+
+def utc_now() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+@dataclass
+class BatchResult:
+    """Outcome of record_batch: event ids sent, and (index, reason) for each record refused."""
+
+    sent: list[str] = field(default_factory=list)
+    rejected: list[tuple[int, str]] = field(default_factory=list)
+
+
+class LedgerClient:
+    """Send payments, refunds and adjustments to the ledger. Use as a context manager, or call close()."""
+
+    def __init__(self, bootstrap: str, settings: Settings | None = None, *, limits: IntakeLimits | None = None,
+                 codec: EventCodec | None = None, clock: Clock = utc_now) -> None:
+        self.settings = settings or Settings()
+        self.limits = limits or self.settings.intake_limits()
+        self.codec = codec or EventCodec()
+        self.clock = clock
+        self._producer = make_producer(bootstrap)
+        self._tracker = DeliveryTracker()
+        self._sent = 0
+
+    def __enter__(self) -> "LedgerClient":
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.close()
+
+    def validate(self, record: Mapping[str, Any]) -> Event:
+        """The event a record would become; raises IntakeRejected naming each bad field."""
+        return parse_record(record, self.limits, self.clock())
+
+    def send(self, event: Event) -> str:
+        """Queue a validated event for delivery (see flush); returns its event id."""
+        self._producer.produce(self.settings.topic_incoming, key=event.payee_id.encode(),
+                               value=self.codec.encode(event), on_delivery=self._tracker)
+        self._producer.poll(0)
+        self._sent += 1
+        return event.envelope.event_id
+
+    def flush(self, timeout_s: float = 30.0) -> None:
+        """Wait until the broker acknowledged everything sent (acks=all); raises DeliveryFailed if not."""
+        flush_or_raise(self._producer, self._tracker, self._sent, timeout_s)
+
+    def _record(self, record: Mapping[str, Any], wait: bool) -> str:
+        event_id = self.send(self.validate(record))
+        if wait:
+            self.flush()
+        return event_id
+
+    def record_payment(self, *, payment_id: str, payee_id: str, amount_minor: int, currency: str,
+                       occurred_at: datetime, services: int = 1, source: str = "",
+                       metadata: Mapping[str, str] | None = None, wait: bool = True) -> str:
+        """Record a completed payment; with wait (default) returns once the broker has it."""
+        return self._record({"type": "payment", "payment_id": payment_id, "payee_id": payee_id,
+                             "amount_minor": amount_minor, "currency": currency, "occurred_at": occurred_at,
+                             "services": services, "source": source, "metadata": dict(metadata or {})}, wait)
+
+    def record_refund(self, *, refund_id: str, payment_id: str, payee_id: str, amount_minor: int, currency: str,
+                      occurred_at: datetime, reason: str = "", metadata: Mapping[str, str] | None = None,
+                      wait: bool = True) -> str:
+        """Record a full or partial refund of a payment."""
+        return self._record({"type": "refund", "refund_id": refund_id, "payment_id": payment_id,
+                             "payee_id": payee_id, "amount_minor": amount_minor, "currency": currency,
+                             "occurred_at": occurred_at, "reason": reason, "metadata": dict(metadata or {})}, wait)
+
+    def record_adjustment(self, *, adjustment_id: str, payee_id: str, kind: str, name: str, amount_minor: int,
+                          currency: str, occurred_at: datetime, reason: str = "", actor: str = "",
+                          metadata: Mapping[str, str] | None = None, wait: bool = True) -> str:
+        """Record a deduction (booth rent, supply fee) or a bonus; amount is positive, kind gives the sign."""
+        return self._record({"type": "adjustment", "adjustment_id": adjustment_id, "payee_id": payee_id,
+                             "kind": kind, "name": name, "amount_minor": amount_minor, "currency": currency,
+                             "occurred_at": occurred_at, "reason": reason, "actor": actor,
+                             "metadata": dict(metadata or {})}, wait)
+
+    def record_batch(self, records: Iterable[Mapping[str, Any]]) -> BatchResult:
+        """Validate and send many records, then wait for all acknowledgements; bad ones are listed, not sent."""
+        result = BatchResult()
+        for index, record in enumerate(records):
+            try:
+                result.sent.append(self.send(self.validate(record)))
+            except IntakeRejected as exc:
+                result.rejected.append((index, str(exc)))
+        self.flush()
+        return result
+
+    def close(self) -> None:
+        self._producer.flush(10)
