@@ -114,9 +114,9 @@ def jsonl_items(lines: Iterable[bytes | str]) -> Iterator[Item]:
             yield Item(number, error="not valid UTF-8 text")
         elif text.strip():
             try:
-                yield Item(number, json.loads(text))
+                yield Item(number, json.loads(text.rstrip("\r\n")))
             except (ValueError, RecursionError) as exc:
-                where = f" at column {exc.colno}" if isinstance(exc, json.JSONDecodeError) else ""
+                where = f" (column {exc.colno})" if isinstance(exc, json.JSONDecodeError) else ""
                 yield Item(number, error=f"not valid JSON: {getattr(exc, 'msg', exc)}{where}")
 
 
@@ -183,7 +183,7 @@ def publish(file: str, file_format: str | None, as_json: bool) -> None:
     stream = sys.stdin.buffer if file == "-" else open(file, "rb")
     total = os.fstat(stream.fileno()).st_size if file != "-" else None
     with stream, LedgerClient(bootstrap, settings, codec=codec) as client, \
-            Progress(console=console, disable=as_json, transient=True) as progress:
+            Progress(console=console, disable=as_json or not console.is_terminal, transient=True) as progress:
         task = progress.add_task(f"publishing {file}", total=total)
         items = (jsonl_items if file_format == "jsonl" else csv_items)(_lines(stream, progress, task))
         try:

@@ -19,7 +19,8 @@ from ledger.currencies import UnknownCurrency, currency
 from ledger.events import Event, new_envelope
 from ledger.money import InvalidAmount, Money
 
-ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:@/+-]{0,127}$")
+ID_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:@/+-]{0,127}")  # always fullmatch: `$` would allow a final newline
+LONG_MAX = 2**63 - 1  # amounts are Avro longs
 ID_RULE = "1-128 characters: letters, digits and . _ : @ / + - (starting with a letter or digit)"
 EVENT_ID_NAMESPACE = uuid.UUID("8d3f6a52-5c1e-4c8e-9a59-2f0b7b1d6e01")
 INTAKE_TYPES = {"payment": "PaymentCompleted", "refund": "PaymentRefunded", "adjustment": "EarningsAdjusted"}
@@ -83,6 +84,8 @@ class _Record(BaseModel):
             raise ValueError(f"must be an integer number of minor units, got a {type(value).__name__} ({value!r})")
         if value <= 0:
             raise ValueError(f"must be greater than zero, got {value}")
+        if value > LONG_MAX:
+            raise ValueError(f"must be at most {LONG_MAX} minor units (the largest amount the ledger stores)")
         return value
 
 
@@ -136,7 +139,7 @@ def _check_rules(model: _Record, limits: IntakeLimits, now: datetime) -> tuple[M
     problems: list[tuple[str, str]] = []
     ids = [name for name in ("payee_id", "payment_id", "refund_id", "adjustment_id") if hasattr(model, name)]
     for name in ids:
-        if not ID_PATTERN.match(getattr(model, name)):
+        if not ID_PATTERN.fullmatch(getattr(model, name)):
             problems.append((name, f"{getattr(model, name)!r} is not a valid id: {ID_RULE}"))
     amount = None
     try:
@@ -149,15 +152,36 @@ def _check_rules(model: _Record, limits: IntakeLimits, now: datetime) -> tuple[M
         problems.append(("currency", str(exc)))
     except InvalidAmount as exc:
         problems.append(("amount_minor", str(exc)))
+    problems.extend(_unencodable_text(model))
+    try:
+        model.occurred_at.astimezone(timezone.utc)
+    except OverflowError:
+        problems.append(("occurred_at", f"{model.occurred_at.isoformat()} cannot be expressed in UTC"))
+        return amount, problems  # type: ignore[return-value]
     if model.occurred_at > now + timedelta(seconds=limits.future_skew_s):
         problems.append(("occurred_at", f"{model.occurred_at.isoformat()} is in the future "
                                         f"(more than {limits.future_skew_s} s ahead of {now.isoformat()})"))
     if len(model.metadata) > limits.metadata_max_keys:
         problems.append(("metadata", f"has {len(model.metadata)} keys, at most {limits.metadata_max_keys} allowed"))
-    size = len(json.dumps(model.metadata, ensure_ascii=False).encode())
+    size = len(json.dumps(model.metadata, ensure_ascii=False).encode(errors="surrogatepass"))
     if size > limits.metadata_max_bytes:
         problems.append(("metadata", f"is {size} bytes as JSON, at most {limits.metadata_max_bytes} allowed"))
     return amount, problems  # type: ignore[return-value]
+
+
+def _unencodable_text(model: _Record) -> list[tuple[str, str]]:
+    """Text that cannot be stored as UTF-8 (a lone surrogate from a JSON escape like \\ud800)."""
+    texts: list[tuple[str, str]] = [(name, value) for name, value in model if isinstance(value, str)]
+    texts += [("metadata", f"{key}{value}") for key, value in model.metadata.items()]
+    problems = []
+    for name, text in texts:
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError:
+            problems.append((name, "contains characters that are not valid UTF-8 (a lone surrogate)"))
+            if name == "metadata":
+                break
+    return problems
 
 
 def parse_record(record: Any, limits: IntakeLimits, now: datetime) -> Event:
@@ -165,7 +189,7 @@ def parse_record(record: Any, limits: IntakeLimits, now: datetime) -> Event:
     if not isinstance(record, Mapping):
         raise IntakeRejected([("record", f"must be a JSON object, got {type(record).__name__}")])
     kind = record.get("type", "payment")
-    if kind not in _MODELS:
+    if not isinstance(kind, str) or kind not in _MODELS:
         raise IntakeRejected([("type", f"{kind!r} is not one of payment, refund, adjustment")])
     try:
         model = _MODELS[kind].model_validate(dict(record))

@@ -84,6 +84,7 @@ def make_payload(event_type: str, code: str | None = None, *, full: bool = True)
             "amount": money(15000, code),
             "reason": "March booth rent" if full else "",
             "actor": "ops@salon.example" if full else "",
+            "metadata": {"month": "2025-03"} if full else {},
         }
     if event_type == "PayeeScheduleSet":
         return {
