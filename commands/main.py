@@ -64,16 +64,16 @@ def cli() -> None:
 
 
 def _register() -> None:
-    from commands import dlq, schemas_command, sequencer_command, smoke, stack_commands
+    from commands import dlq, publish, schemas_command, sequencer_command, smoke, stack_commands
 
     cli.add_command(stack_commands.up)
     cli.add_command(stack_commands.down)
     cli.add_command(stack_commands.status)
     cli.add_command(schemas_command.schemas)
     cli.add_command(smoke.smoke)
-    from commands import publish; cli.add_command(publish.publish)  # noqa: E702
     cli.add_command(sequencer_command.sequencer)
     cli.add_command(dlq.dlq)
+    cli.add_command(publish.publish)
 
 
 _register()

@@ -196,9 +196,6 @@ def publish(file: str, file_format: str | None, as_json: bool) -> None:
                 except IntakeRejected as exc:
                     reject(item.line, str(exc))
                     continue
-                except TypeError as exc:  # parse_record raises this for an unhashable "type" (e.g. a list)
-                    reject(item.line, f"type: {exc}")
-                    continue
                 verdict = index.verdict(event)
                 if verdict.status == "duplicate":
                     counts["duplicates"] += 1
@@ -206,7 +203,7 @@ def publish(file: str, file_format: str | None, as_json: bool) -> None:
                     reject(item.line, verdict.reason)
                 else:
                     client.send(event)
-                    index.append(event)
+                    index.admit(event)
                     counts["accepted"] += 1
         except BadHeader as exc:  # raised before the first row: nothing was sent
             fail(f"{file}: {exc}")

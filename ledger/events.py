@@ -94,6 +94,8 @@ class Event:
 
 def _frozen(value: Any) -> Any:
     """A read-only deep copy: mappings become MappingProxyType, lists become tuples."""
+    if isinstance(value, (str, int, datetime)) or value is None:
+        return value
     if isinstance(value, Mapping):
         return MappingProxyType({key: _frozen(item) for key, item in value.items()})
     if isinstance(value, (list, tuple)):

@@ -6,6 +6,7 @@ A rejected input raises IntakeRejected naming each field and the reason.
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 import uuid
@@ -45,7 +46,12 @@ class IntakeLimits:
     metadata_max_bytes: int = 4096
 
     def max_amount(self, code: str) -> Money:
-        return Money.from_major(self.max_amount_major_by_currency.get(code, self.max_amount_major), code)
+        return _money_from_major(self.max_amount_major_by_currency.get(code, self.max_amount_major), code)
+
+
+@functools.lru_cache(maxsize=512)
+def _money_from_major(major: str, code: str) -> Money:
+    return Money.from_major(major, code)
 
 
 def deterministic_event_id(kind: str, business_id: str) -> str:

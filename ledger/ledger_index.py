@@ -7,7 +7,6 @@ and each payee's chain head. Built by replaying ledger.events; consulted before 
 from __future__ import annotations
 
 import hashlib
-import json
 from dataclasses import dataclass
 from typing import Any, Callable, Literal, Mapping
 
@@ -28,6 +27,8 @@ def dedupe_key(event: Event) -> str:
 
 
 def _plain(value: Any) -> Any:
+    if isinstance(value, (str, int)) or value is None:
+        return value
     if isinstance(value, Money):
         return [value.amount_minor, value.currency.code]
     if isinstance(value, Mapping):
@@ -39,11 +40,9 @@ def _plain(value: Any) -> Any:
 
 def content_digest(event: Event) -> str:
     """What makes two submissions 'the same': type, payee, time of occurrence and payload."""
-    canonical = json.dumps(
-        [event.event_type, event.payee_id, event.envelope.occurred_at.isoformat(), _plain(event.payload)],
-        sort_keys=True, separators=(",", ":"), ensure_ascii=False,
-    )
-    return hashlib.sha256(canonical.encode()).hexdigest()
+    # repr of plain values with sorted keys is deterministic and much cheaper than json.dumps
+    canonical = repr((event.event_type, event.payee_id, event.envelope.occurred_at.isoformat(), _plain(event.payload)))
+    return hashlib.sha256(canonical.encode("utf-8", "surrogatepass")).hexdigest()
 
 
 @dataclass(frozen=True)
@@ -71,6 +70,7 @@ class LedgerIndex:
         self.chain = Sequencer(encode)
         self._recorded: dict[str, tuple[str, str]] = {}  # dedupe key -> (event id, content digest)
         self._payments: dict[str, _Refundable] = {}
+        self._admitted = False
 
     def __len__(self) -> int:
         return len(self._recorded)
@@ -106,11 +106,23 @@ class LedgerIndex:
 
     def append(self, event: Event) -> tuple[Event, bytes]:
         """Sequence an accepted event and fold it in; returns the sequenced event and its stored bytes."""
+        require(not self._admitted, "append after admit: this index predicts verdicts, its chains are not heads")
         verdict = self.verdict(event)
         require(verdict.status == "accept", f"append of a non-accepted event: {verdict.reason}")
         sequenced, encoded = self.chain.append(event)
         self._fold(sequenced)
         return sequenced, encoded
+
+    def admit(self, event: Event) -> None:
+        """Fold in an accepted event that is sent but not yet sequenced, so later verdicts see it.
+
+        For a submitter predicting the sequencer's verdicts (`ledger publish`); chain heads are not
+        advanced, so an index that admitted events must not append afterwards.
+        """
+        verdict = self.verdict(event)
+        require(verdict.status == "accept", f"admit of a non-accepted event: {verdict.reason}")
+        self._admitted = True
+        self._fold(event)
 
     def observe(self, event: Event, encoded: bytes) -> None:
         """Fold in an event read back from ledger.events (rebuilding after a start or a crash)."""

@@ -14,10 +14,11 @@ from typing import Any, Callable, Iterable, Mapping
 from ledger.codec import EventCodec
 from ledger.events import Event
 from ledger.intake import IntakeLimits, IntakeRejected, parse_record
-from processors.kafka_io import DeliveryTracker, flush_or_raise, make_producer
+from processors.kafka_io import DeliveryFailed, DeliveryTracker, flush_or_raise, make_producer
 from runtime.settings import Settings
 
 Clock = Callable[[], datetime]
+QUEUE_FULL_RETRIES = 600  # 60 s of polling at most
 
 
 def utc_now() -> datetime:
@@ -57,8 +58,17 @@ class LedgerClient:
 
     def send(self, event: Event) -> str:
         """Queue a validated event for delivery (see flush); returns its event id."""
-        self._producer.produce(self.settings.topic_incoming, key=event.payee_id.encode(),
-                               value=self.codec.encode(event), on_delivery=self._tracker)
+        value = self.codec.encode(event)
+        for _ in range(QUEUE_FULL_RETRIES):
+            try:
+                self._producer.produce(self.settings.topic_incoming, key=event.payee_id.encode(), value=value,
+                                       on_delivery=self._tracker)
+                break
+            except BufferError:  # the local queue is full: let deliveries drain, then try again
+                self._producer.poll(0.1)
+        else:
+            raise DeliveryFailed(f"the producer queue stayed full for {QUEUE_FULL_RETRIES * 0.1:.0f} s: "
+                                 "is the broker reachable?")
         self._producer.poll(0)
         self._sent += 1
         return event.envelope.event_id

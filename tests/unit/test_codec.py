@@ -286,10 +286,10 @@ def test_amount_minor_as_a_string_is_refused_naming_amount_minor(codec: EventCod
 @pytest.mark.parametrize(
     ("field", "value", "pattern"),
     [
-        ("services", "3", r"PaymentCompleted\.services is <3> of type <class 'str'>"),
-        ("services", 3.0, r"PaymentCompleted\.services is <3\.0> of type <class 'float'>"),
-        ("services", 2**31, r"PaymentCompleted\.services is <2147483648>"),
-        ("payment_id", None, r"PaymentCompleted\.payment_id\) is None"),
+        ("services", "3", r"PaymentCompleted\.services is '3' \(str\), expected an integer"),
+        ("services", 3.0, r"PaymentCompleted\.services is 3\.0 \(float\), expected an integer"),
+        ("services", 2**31, r"PaymentCompleted\.services is 2147483648, outside the Avro int range"),
+        ("payment_id", None, r"PaymentCompleted\.payment_id is None \(NoneType\), expected a string"),
         ("metadata", {"chair": 4}, r"PaymentCompleted\.metadata"),
         ("amount", 1050, r"PaymentCompleted\.amount must be a ledger\.money\.Money, got int"),
     ],
@@ -301,12 +301,12 @@ def test_wrong_type_is_refused_naming_the_field(codec: EventCodec, field: str, v
 
 def test_amount_beyond_a_long_is_refused(codec: EventCodec) -> None:
     event = make_event("PaymentCompleted", amount=Money.of(2**63, "USD"))
-    with pytest.raises(EventEncodingError, match=r"amount_minor is <9223372036854775808>"):
+    with pytest.raises(EventEncodingError, match=r"PaymentCompleted\.amount\.amount_minor is 9223372036854775808, outside the Avro long range"):
         codec.encode(event)
 
 
 def test_unknown_enum_symbol_is_refused_naming_the_field(codec: EventCodec) -> None:
-    with pytest.raises(EventEncodingError, match=r"PayoutRequested\.trigger is <AUTO>"):
+    with pytest.raises(EventEncodingError, match=r"PayoutRequested\.trigger is 'AUTO', expected one of SCHEDULE, MANUAL"):
         codec.encode(make_event("PayoutRequested", trigger="AUTO"))
 
 
@@ -317,7 +317,7 @@ def test_deduction_line_without_amount_is_refused_naming_it(codec: EventCodec) -
 
 def test_envelope_field_out_of_range_is_refused_naming_it(codec: EventCodec) -> None:
     event = make_event("PaymentCompleted", sequence=2**63, previous_hash="0" * 64)
-    with pytest.raises(EventEncodingError, match=r"Envelope\.sequence is <9223372036854775808>"):
+    with pytest.raises(EventEncodingError, match=r"PaymentCompleted\.envelope\.sequence is 9223372036854775808, outside the Avro long range"):
         codec.encode(event)
 
 

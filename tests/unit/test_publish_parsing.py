@@ -12,7 +12,6 @@ import pytest
 from click.testing import CliRunner
 
 from commands import publish as publish_module
-from commands.main import cli
 from commands.publish import BadHeader, Item, csv_items, csv_record, detect_format, jsonl_items, strict_int
 from ledger.intake import IntakeLimits, IntakeRejected, parse_record
 from ledger.ledger_index import LedgerIndex
@@ -254,13 +253,13 @@ def fake_broker(monkeypatch, tmp_path):
 def test_cli_unknown_extension_exits_2(tmp_path):
     path = tmp_path / "payments.txt"
     path.write_text(payment_line("p1") + "\n")
-    result = CliRunner().invoke(cli, ["publish", str(path)])
+    result = CliRunner().invoke(publish_module.publish, [str(path)])
     assert result.exit_code == 2
     assert "cannot tell the format" in result.output
 
 
 def test_cli_missing_file_exits_2(tmp_path):
-    result = CliRunner().invoke(cli, ["publish", str(tmp_path / "absent.jsonl")])
+    result = CliRunner().invoke(publish_module.publish, [str(tmp_path / "absent.jsonl")])
     assert result.exit_code == 2
     assert "does not exist" in result.output
 
@@ -269,7 +268,7 @@ def test_unacknowledged_delivery_exits_1_and_claims_no_acceptance(fake_broker, t
     path = tmp_path / "payments.jsonl"
     path.write_text(payment_line("p1") + "\n" + payment_line("p2") + "\n")
     fake_broker.flush_error = DeliveryFailed("1 of 2 records acknowledged, 1 still queued, errors: []")
-    result = CliRunner().invoke(cli, ["publish", str(path), "--json"])
+    result = CliRunner().invoke(publish_module.publish, [str(path), "--json"])
     assert result.exit_code == 1
     assert len(fake_broker.sent) == 2
     assert "did not acknowledge every record" in result.stderr and "1 of 2 records acknowledged" in result.stderr
@@ -281,13 +280,13 @@ def test_human_summary_shows_twenty_errors_and_json_lists_all(fake_broker, tmp_p
     path = tmp_path / "payments.jsonl"
     path.write_text("\n".join(lines) + "\n")
 
-    human = CliRunner().invoke(cli, ["publish", str(path)])
+    human = CliRunner().invoke(publish_module.publish, [str(path)])
     assert human.exit_code == 1
     assert "1 accepted, 0 duplicates, 25 rejected" in human.stdout
     assert "line 20: amount_minor: must be an integer" in human.stdout
     assert "line 21:" not in human.stdout and "and 5 more" in human.stdout
 
-    as_json = CliRunner().invoke(cli, ["publish", str(path), "--json"])
+    as_json = CliRunner().invoke(publish_module.publish, [str(path), "--json"])
     summary = json.loads(as_json.stdout)
     assert set(summary) == {"accepted", "duplicates", "rejected", "errors"}
     assert (summary["accepted"], summary["duplicates"], summary["rejected"]) == (1, 0, 25)
@@ -298,7 +297,7 @@ def test_human_summary_shows_twenty_errors_and_json_lists_all(fake_broker, tmp_p
 def test_an_unhashable_type_is_rejected_and_the_file_goes_on(fake_broker, tmp_path):
     path = tmp_path / "payments.jsonl"
     path.write_text('{"type": ["payment"]}\n' + payment_line("p1") + "\n")
-    result = CliRunner().invoke(cli, ["publish", str(path), "--json"])
+    result = CliRunner().invoke(publish_module.publish, [str(path), "--json"])
     summary = json.loads(result.stdout)
     assert (summary["accepted"], summary["rejected"]) == (1, 1)
     assert summary["errors"][0]["line"] == 1 and summary["errors"][0]["reason"].startswith("type: ")
@@ -307,7 +306,7 @@ def test_an_unhashable_type_is_rejected_and_the_file_goes_on(fake_broker, tmp_pa
 def test_bad_csv_header_exits_1_before_sending(fake_broker, tmp_path):
     path = tmp_path / "payments.csv"
     path.write_text("payment_id,payment_id\np1,p2\n")
-    result = CliRunner().invoke(cli, ["publish", str(path)])
+    result = CliRunner().invoke(publish_module.publish, [str(path)])
     assert result.exit_code == 1
     assert "distinct, non-empty column names" in result.stderr
     assert fake_broker.sent == []
