@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
-import sys
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
@@ -14,8 +12,8 @@ from ledger.intake import parse_record
 from ledger.ledger_index import LedgerIndex
 from processors.kafka_io import DeliveryTracker, flush_or_raise, make_producer, read_topic
 from runtime.settings import Settings
+from tests.integration.cli_env import LEDGER, clean_env, env_for
 
-LEDGER = str(Path(sys.executable).with_name("ledger"))
 WHEN = (datetime.now(timezone.utc).replace(microsecond=0) - timedelta(hours=3)).isoformat()
 
 
@@ -31,11 +29,7 @@ def refund(refund_id: str, payment_id: str, amount_minor: int, payee_id: str = "
 
 
 def stack_env(settings: Settings, data_dir: Path) -> dict[str, str]:
-    env = {key: value for key, value in os.environ.items() if not key.startswith("LEDGER_")}
-    env.update(LEDGER_KAFKA_BOOTSTRAP=settings.kafka_bootstrap, LEDGER_DATABASE_URL=settings.database_url,
-               LEDGER_TOPIC_INCOMING=settings.topic_incoming, LEDGER_TOPIC_EVENTS=settings.topic_events,
-               LEDGER_TOPIC_DLQ=settings.topic_dlq, LEDGER_DATA_DIR=str(data_dir))
-    return env
+    return env_for(settings, data_dir)
 
 
 def run(env: dict[str, str], *args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
@@ -180,8 +174,7 @@ def test_only_duplicates_exit_0(settings, tmp_path):
 
 
 def test_publish_without_a_stack_says_how_to_get_one(tmp_path):
-    env = {key: value for key, value in os.environ.items() if not key.startswith("LEDGER_")}
-    env["LEDGER_DATA_DIR"] = str(tmp_path / "empty")
+    env = clean_env(LEDGER_DATA_DIR=str(tmp_path / "empty"))
     path = write_jsonl(tmp_path / "payments.jsonl", [payment("p1")])
     result = run(env, str(path), "--json")
     assert result.returncode == 1

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 from collections import Counter
 
 import pytest
@@ -12,6 +11,7 @@ from ledger.codec import EventCodec
 from ledger.intake import parse_record
 from ledger.money import Money
 from processors.ledger_client import LedgerClient
+from tests.integration.cli_env import LEDGER, env_for
 from tests.integration.sequencing_helpers import (
     PAST, chain_breaks, dead_letters, ledger_events, payment, refund, run_sequencer, send_raw,
 )
@@ -111,8 +111,6 @@ def test_a_conflicting_resubmission_is_refused_not_overwritten(settings):
 
 def test_a_dead_letter_replayed_after_its_cause_is_fixed_is_appended(settings, tmp_path):
     import subprocess
-    import sys
-    from pathlib import Path
 
     with LedgerClient(settings.kafka_bootstrap, settings) as client:
         client.record_batch([refund("r1", "p1", 500)])  # the payment has not arrived yet
@@ -121,11 +119,8 @@ def test_a_dead_letter_replayed_after_its_cause_is_fixed_is_appended(settings, t
 
     with LedgerClient(settings.kafka_bootstrap, settings) as client:
         client.record_batch([payment("p1", amount_minor=1000)])
-    env = {k: v for k, v in os.environ.items() if not k.startswith("LEDGER_")}
-    env.update(LEDGER_KAFKA_BOOTSTRAP=settings.kafka_bootstrap, LEDGER_DATABASE_URL=settings.database_url,
-               LEDGER_TOPIC_INCOMING=settings.topic_incoming, LEDGER_TOPIC_EVENTS=settings.topic_events,
-               LEDGER_TOPIC_DLQ=settings.topic_dlq, LEDGER_DATA_DIR=str(tmp_path))
-    ledger = str(Path(sys.executable).with_name("ledger"))
+    env = env_for(settings, tmp_path)
+    ledger = LEDGER
     listed = json.loads(subprocess.run([ledger, "dlq", "list", "--json"], env=env, capture_output=True,
                                        text=True, check=True).stdout)
     assert [entry["id"] for entry in listed] == [letter.id]

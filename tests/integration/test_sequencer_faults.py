@@ -7,29 +7,22 @@ import os
 import random
 import signal
 import subprocess
-import sys
 import time
 from collections import Counter
 from pathlib import Path
 
 import pytest
 
+from tests.integration.cli_env import LEDGER, env_for
 from tests.integration.sequencing_helpers import chain_breaks, dead_letters, ledger_events, payment, send_raw
 
-LEDGER = str(Path(sys.executable).with_name("ledger"))
 ROUNDS = 8
 RECORDS_PER_ROUND = 300
 
 
 def _env(settings, tmp_path: Path) -> dict[str, str]:
-    env = {key: value for key, value in os.environ.items() if not key.startswith("LEDGER_")}
-    env.update(
-        LEDGER_KAFKA_BOOTSTRAP=settings.kafka_bootstrap, LEDGER_DATABASE_URL=settings.database_url,
-        LEDGER_TOPIC_INCOMING=settings.topic_incoming, LEDGER_TOPIC_EVENTS=settings.topic_events,
-        LEDGER_TOPIC_DLQ=settings.topic_dlq, LEDGER_DATA_DIR=str(tmp_path),
-        LEDGER_SEQUENCER_BATCH_MAX="40",  # small batches: kills land between flush and commit more often
-    )
-    return env
+    # small batches: kills land between flush and commit more often
+    return env_for(settings, tmp_path, LEDGER_SEQUENCER_BATCH_MAX="40")
 
 
 @pytest.mark.faults

@@ -7,17 +7,16 @@ import os
 import signal
 import socket
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import sqlalchemy
 
 from runtime.database import make_engine
+from tests.integration.cli_env import LEDGER, clean_env, env_for
 from runtime.kafka_admin import topic_partition_counts
 from runtime.processes import free_port, pid_is_alive, wait_until
 
-LEDGER = str(Path(sys.executable).with_name("ledger"))
 EXIT_NOT_RUNNING = 3
 
 
@@ -36,8 +35,7 @@ def run_json(env: dict[str, str], *args: str) -> dict:
 @pytest.fixture
 def embedded_env(tmp_path: Path):
     """Environment for an embedded stack of this test's own, in a data dir of its own."""
-    env = {key: value for key, value in os.environ.items() if not key.startswith("LEDGER_")}
-    env.update(
+    env = clean_env(
         LEDGER_DATA_DIR=str(tmp_path / "data"),
         LEDGER_EMBEDDED_KAFKA_PORT=str(free_port()),
         LEDGER_EMBEDDED_POSTGRES_PORT=str(free_port()),
@@ -72,7 +70,9 @@ def test_embedded_stack_lifecycle(embedded_env):
     assert run_json(embedded_env, "status")["broker"]["pid"] == status["broker"]["pid"]
 
     smoke = run_json(embedded_env, "smoke", "--payments", "40", "--seed", "7")
-    assert smoke["ok"] and smoke["events_read_back"] == 40 and smoke["chain_breaks"] == 0
+    assert smoke["ok"] and smoke["chain_breaks"] == 0
+    assert (smoke["events_appended"], smoke["dead_lettered"]) == (42, 2)  # 40 payments + 2 refunds; 2 malformed
+    assert smoke["sequenced_by"] == "in this process"
 
     assert run_json(embedded_env, "down")["stopped"] == ["broker", "postgres"]
     assert not pid_is_alive(status["broker"]["pid"]) and not pid_is_alive(status["postgres"]["pid"])
@@ -84,7 +84,7 @@ def test_embedded_stack_lifecycle(embedded_env):
     assert restarted["already_running"] is False
     engine = make_engine(restarted["database_url"])
     with engine.connect() as connection:
-        assert connection.execute(sqlalchemy.text("SELECT count(*) FROM event_archive")).scalar_one() == 40
+        assert connection.execute(sqlalchemy.text("SELECT count(*) FROM event_archive")).scalar_one() == 42
     engine.dispose()
 
 
@@ -122,15 +122,8 @@ def test_commands_without_a_stack_say_how_to_get_one(embedded_env):
 
 
 def test_external_services_are_used_and_nothing_is_started(settings, tmp_path):
-    env = {key: value for key, value in os.environ.items() if not key.startswith("LEDGER_")}
-    env.update(
-        LEDGER_DATA_DIR=str(tmp_path / "external"),
-        LEDGER_KAFKA_BOOTSTRAP=settings.kafka_bootstrap,
-        LEDGER_DATABASE_URL=settings.database_url,
-        LEDGER_TOPIC_INCOMING=settings.topic_incoming + ".x",
-        LEDGER_TOPIC_EVENTS=settings.topic_events + ".x",
-        LEDGER_TOPIC_DLQ=settings.topic_dlq + ".x",
-    )
+    env = env_for(settings, tmp_path / "external", LEDGER_TOPIC_INCOMING=settings.topic_incoming + ".x",
+                  LEDGER_TOPIC_EVENTS=settings.topic_events + ".x", LEDGER_TOPIC_DLQ=settings.topic_dlq + ".x")
     up = run_json(env, "up")
     assert up["kafka_bootstrap"] == settings.kafka_bootstrap
     assert not (tmp_path / "external" / "broker.log").exists()

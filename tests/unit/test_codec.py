@@ -28,7 +28,6 @@ from event_factory import (
     make_event,
     make_payload,
     wire_record,
-    with_payload,
 )
 from ledger.codec import (
     CONFLUENT_MAGIC,
