@@ -13,7 +13,7 @@ from typing import Any, Callable, Literal, Mapping
 from ledger.events import Event
 from ledger.guards import require
 from ledger.money import Money
-from ledger.sequencing import Sequencer
+from ledger.sequencing import PayeeChains
 
 DEDUPE_FIELDS = {"PaymentCompleted": "payment_id", "PaymentRefunded": "refund_id", "EarningsAdjusted": "adjustment_id"}
 
@@ -67,7 +67,7 @@ class LedgerIndex:
     """Dedupe, refund limits and chain heads for every payee, folded from sequenced events."""
 
     def __init__(self, encode: Callable[[Event], bytes]) -> None:
-        self.chain = Sequencer(encode)
+        self.chain = PayeeChains(encode)
         self._recorded: dict[str, tuple[str, str]] = {}  # dedupe key -> (event id, content digest)
         self._payments: dict[str, _Refundable] = {}
         self._admitted = False

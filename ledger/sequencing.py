@@ -19,7 +19,7 @@ class ChainHead:
 
 
 @dataclass
-class Sequencer:
+class PayeeChains:
     """Sequences events per payee; `encode` turns a sequenced event into its stored bytes."""
 
     encode: Callable[[Event], bytes]

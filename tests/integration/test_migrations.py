@@ -10,7 +10,7 @@ import sqlalchemy
 from ledger.codec import EventCodec
 from ledger.events import Event, new_envelope
 from ledger.money import Money
-from ledger.sequencing import Sequencer
+from ledger.sequencing import PayeeChains
 from projections.archive import archive_events, archived_count
 from runtime.database import alembic_config, current_revision, make_engine, run_migrations
 
@@ -18,7 +18,7 @@ NOW = datetime(2026, 11, 22, 12, 0, tzinfo=timezone.utc)
 
 
 def _chain(count: int) -> list[tuple[Event, bytes]]:
-    sequencer = Sequencer(EventCodec().encode)
+    sequencer = PayeeChains(EventCodec().encode)
     return [
         sequencer.append(Event(new_envelope("PaymentCompleted", payee_id="payee-a", occurred_at=NOW, recorded_at=NOW),
                                {"payment_id": f"p{i}", "amount": Money.of(500, "XOF")}))

@@ -1,6 +1,6 @@
-"""The per-payee hash chain: Sequencer builds it from encoded bytes, verify_chain finds every break.
+"""The per-payee hash chain: PayeeChains builds it from encoded bytes, verify_chain finds every break.
 
-Chains here are real: events are encoded with EventCodec, sequenced by Sequencer, and the links
+Chains here are real: events are encoded with EventCodec, sequenced by PayeeChains, and the links
 verify_chain checks are read back out of the stored bytes.
 """
 
@@ -19,7 +19,7 @@ from ledger.events import Event
 from ledger.guards import InvariantViolation
 from ledger.hashchain import GENESIS_HASH, ChainBreak, ChainLink, event_hash, verify_chain
 from ledger.money import Money
-from ledger.sequencing import ChainHead, Sequencer
+from ledger.sequencing import ChainHead, PayeeChains
 
 CODEC = EventCodec()
 CHAIN_TYPES = ("PaymentCompleted", "EarningsAdjusted", "PaymentRefunded")  # all carry an `amount`
@@ -33,9 +33,9 @@ def new_event(payee: str, index: int) -> Event:
     return with_payload(event, amount=Money.of(1000 + 37 * index, CODE_OF.get(payee, "USD")))
 
 
-def build(order: list[str]) -> tuple[Sequencer, list[bytes]]:
+def build(order: list[str]) -> tuple[PayeeChains, list[bytes]]:
     """Sequence one new event per entry of order (a payee id), interleaved as given."""
-    sequencer = Sequencer(CODEC.encode)
+    sequencer = PayeeChains(CODEC.encode)
     stored = [sequencer.append(new_event(payee, index))[1] for index, payee in enumerate(order)]
     return sequencer, stored
 
@@ -104,7 +104,7 @@ def test_event_hash_is_hex_sha256_of_the_bytes() -> None:
 
 
 def test_sequencer_refuses_an_already_sequenced_event() -> None:
-    sequencer = Sequencer(CODEC.encode)
+    sequencer = PayeeChains(CODEC.encode)
     sequenced, _ = sequencer.append(new_event("alice", 0))
     with pytest.raises(InvariantViolation, match=r"event evt-alice-0 is already sequenced"):
         sequencer.append(sequenced)
@@ -112,7 +112,7 @@ def test_sequencer_refuses_an_already_sequenced_event() -> None:
 
 
 def test_sequencer_does_not_advance_when_encoding_fails() -> None:
-    sequencer = Sequencer(CODEC.encode)
+    sequencer = PayeeChains(CODEC.encode)
     sequencer.append(new_event("alice", 0))
     head = dataclasses.replace(sequencer.heads["alice"])
     bad = make_event("PaymentCompleted", payee_id="alice", event_id="evt-bad", services="three")
@@ -225,7 +225,7 @@ def test_first_event_must_name_the_genesis_hash() -> None:
 def test_tampering_with_the_last_event_is_invisible_to_the_chain_alone(tamper: str) -> None:
     """The newest event has no successor to vouch for it: an edited or dropped head verifies cleanly.
 
-    Only a head hash kept somewhere else (the Sequencer's ChainHead, a checkpoint) exposes it, so the
+    Only a head hash kept somewhere else (the PayeeChains's ChainHead, a checkpoint) exposes it, so the
     head must be anchored outside the chain.
     """
     sequencer, stored = build(ORDER)
