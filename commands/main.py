@@ -10,6 +10,7 @@ from confluent_kafka import KafkaException
 from pydantic import ValidationError
 
 from commands.output import fail
+from ledger.commission import InvalidPlan, UnknownPlan
 from processors.dead_letters import UnknownDeadLetter
 from processors.kafka_io import DeliveryFailed
 from processors.ledger_replay import CorruptLedger
@@ -30,6 +31,8 @@ EXPECTED_FAILURES = (
     UnknownDeadLetter,
     CorruptLedger,
     DeliveryFailed,
+    InvalidPlan,
+    UnknownPlan,
 )
 
 
@@ -64,7 +67,7 @@ def cli() -> None:
 
 
 def _register() -> None:
-    from commands import dlq, publish, schemas_command, sequencer_command, smoke, stack_commands
+    from commands import dlq, publish, quote, schemas_command, sequencer_command, smoke, stack_commands
 
     cli.add_command(stack_commands.up)
     cli.add_command(stack_commands.down)
@@ -74,6 +77,7 @@ def _register() -> None:
     cli.add_command(sequencer_command.sequencer)
     cli.add_command(dlq.dlq)
     cli.add_command(publish.publish)
+    cli.add_command(quote.quote)
 
 
 _register()

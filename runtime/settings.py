@@ -48,6 +48,8 @@ class Settings(BaseSettings):
     metadata_max_keys: int = Field(32, ge=0)
     metadata_max_bytes: int = Field(4096, ge=0)
 
+    plans_file: Path | None = Field(None, description="TOML file of commission plans and fees, merged over the built-ins")
+
     sequencer_group: str = "ledger-sequencer"
     sequencer_batch_max: int = Field(500, ge=1, le=100_000)
     sequencer_batch_wait_ms: int = Field(50, ge=1, le=10_000)
