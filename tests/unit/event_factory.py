@@ -27,7 +27,9 @@ DEFAULT_CURRENCY: dict[str, str] = {
     "PaymentRefunded": "USD",
     "EarningsAdjusted": "XOF",
     "PayeeScheduleSet": "XOF",
+    "PayeeHoldSet": "USD",
     "PayoutRequested": "BHD",
+    "BalanceCarried": "XOF",
     "PayoutSubmitted": "BHD",
     "PayoutSettled": "USD",
     "PayoutFailed": "XOF",
@@ -42,7 +44,9 @@ MONEY_FIELDS: dict[str, tuple[str, ...]] = {
     "PaymentRefunded": ("amount",),
     "EarningsAdjusted": ("amount",),
     "PayeeScheduleSet": ("minimum_payout",),
+    "PayeeHoldSet": (),
     "PayoutRequested": ("gross", "payee_share", "fee", "carry_over", "net"),
+    "BalanceCarried": ("gross", "payee_share", "fee", "carry_over", "net", "balance"),
     "PayoutSubmitted": ("amount",),
     "PayoutSettled": ("amount",),
     "PayoutFailed": ("amount",),
@@ -128,7 +132,32 @@ def make_payload(event_type: str, code: str | None = None, *, full: bool = True)
             "payment_digest": hashlib.sha256(b"pi_1\npi_2").hexdigest(),
             "payment_ids": ["pi_1", "pi_2"] if full else [],
             "late_payment_count": 1 if full else 0,
+            "through_sequence": 42 if full else 0,
         }
+    if event_type == "BalanceCarried":
+        return {
+            "period_id": "2025-W10",
+            "period_start": PERIOD_START,
+            "period_end": PERIOD_END,
+            "reason": "HELD" if full else "BELOW_MINIMUM",
+            "plan": "flat-80",
+            "payout_method": "mobile_money",
+            "gross": money(20, code),
+            "services": 3,
+            "rate_bp": 8000,
+            "payee_share": money(16, code),
+            "deductions": [{"name": "supply_fee", "amount": money(1, code)}] if full else [],
+            "fee": money(0, code),
+            "carry_over": money(5, code),
+            "net": money(15, code) if full else money(16, code),
+            "balance": money(20, code) if full else money(21, code),
+            "payment_count": 3,
+            "payment_digest": hashlib.sha256(b"pi_3").hexdigest(),
+            "late_payment_count": 0,
+            "through_sequence": 7 if full else 0,
+        }
+    if event_type == "PayeeHoldSet":
+        return {"held": full, "reason": "fraud review" if full else "", "actor": "ops@salon.example" if full else ""}
     if event_type == "PayoutSubmitted":
         return {
             "payout_id": "po_payee-1_2025-W10",

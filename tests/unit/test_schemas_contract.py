@@ -16,8 +16,8 @@ from ledger.codec import DEFAULT_SCHEMA_DIR, SchemaSet
 from ledger.events import EVENT_TYPES, Envelope
 
 SCHEMA_DIR = DEFAULT_SCHEMA_DIR
-SHARED = {"Money", "Envelope"}
-MONEY_NAMES = {"amount", "gross", "fee", "net", "payee_share", "carry_over", "minimum_payout"}
+SHARED = {"Money", "Envelope", "DeductionLine"}
+MONEY_NAMES = {"amount", "gross", "fee", "net", "payee_share", "carry_over", "minimum_payout", "balance"}
 TIMESTAMP_NAMES = {"period_start", "period_end"}  # plus every field ending in _at
 ALL_FILES = sorted(SCHEMA_DIR.glob("*.avsc")) + sorted(SCHEMA_DIR.glob("history/*.avsc"))
 
@@ -86,7 +86,7 @@ def non_null(field_type: Any) -> list[Any]:
 def test_event_schema_files_are_exactly_the_event_types() -> None:
     names = {path.stem for path in SCHEMA_DIR.glob("*.avsc")} - SHARED
     assert names == set(EVENT_TYPES)
-    assert len(EVENT_TYPES) == len(set(EVENT_TYPES)) == 10
+    assert len(EVENT_TYPES) == len(set(EVENT_TYPES)) == 12
 
 
 def test_shared_types_are_named_in_the_payout_ledger_namespace() -> None:
@@ -152,7 +152,7 @@ def test_every_money_like_field_is_money(path: Path) -> None:
             assert branches == ["payout_ledger.Money"], f"{record}.{field['name']} is {field['type']!r}"
             if isinstance(field["type"], list):
                 assert field["type"][0] == "null" and field.get("default", "missing") is None
-    assert found or path.stem in SHARED | {"PayoutCancelled", "PayoutRetryScheduled"}
+    assert found or path.stem in SHARED | {"PayoutCancelled", "PayoutRetryScheduled", "PayeeHoldSet"}
 
 
 def test_money_fields_found_where_expected() -> None:
@@ -171,7 +171,6 @@ def test_money_fields_found_where_expected() -> None:
             "PayoutRequested.fee",
             "PayoutRequested.carry_over",
             "PayoutRequested.net",
-            "DeductionLine.amount",
         ]
     )
     assert where["PayeeScheduleSet"] == ["PayeeScheduleSet.minimum_payout"]
@@ -213,6 +212,8 @@ def test_timestamp_fields_found_where_expected() -> None:
             "Envelope.recorded_at",
             "PayoutRequested.period_start",
             "PayoutRequested.period_end",
+            "BalanceCarried.period_start",
+            "BalanceCarried.period_end",
             "PayoutRetryScheduled.due_at",
         ]
     )
