@@ -34,6 +34,9 @@ BIWEEKLY_ANCHOR = date(1970, 1, 5)
 # Strict 24-hour "HH:MM": no "9:00", no "24:00", no seconds, so one schedule has one spelling.
 _HH_MM = re.compile(r"([01][0-9]|2[0-3]):([0-5][0-9])")
 _ONE_DAY = timedelta(days=1)
+# Files that some tz databases carry beside the zones and that mean "whatever this host uses":
+# a schedule must close at the same instant on every machine.
+_HOST_ZONES = frozenset({"localtime", "posixrules"})
 # Qualifying dates are searched from a little before the instant's local date: a cutoff in a
 # gap that spans midnight can fall on the next local date.
 _SEARCH_MARGIN = timedelta(days=2)
@@ -246,12 +249,13 @@ def _check_cutoff_time(value: object) -> None:
 
 
 def _check_timezone(value: object) -> None:
-    if not isinstance(value, str) or not value:
+    if not isinstance(value, str) or not value or value in _HOST_ZONES:
         raise InvalidSchedule(f"timezone: must be an IANA zone name such as 'Africa/Abidjan', got {value!r}")
     try:
         ZoneInfo(value)
-    # zoneinfo raises ValueError, not ZoneInfoNotFoundError, for keys that are not plain paths.
-    except (ZoneInfoNotFoundError, ValueError):
+    # Besides ZoneInfoNotFoundError, zoneinfo raises ValueError for keys that are not plain
+    # relative paths and OSError for a directory such as "America".
+    except (ZoneInfoNotFoundError, ValueError, OSError):
         raise InvalidSchedule(f"timezone: unknown IANA zone {value!r}") from None
 
 

@@ -63,13 +63,18 @@ def test_create_accepts_the_avro_symbol_and_the_schedule_is_frozen() -> None:
         schedule.cutoff_time = "19:00"  # type: ignore[misc]
 
 
-@pytest.mark.parametrize("cutoff_time", ["24:00", "9:00", "09:60", "0900", "09:00:00", " 09:00", "", None, 900])
+@pytest.mark.parametrize(
+    "cutoff_time", ["24:00", "9:00", "09:60", "0900", "09:00:00", " 09:00", "", None, 900]
+)
 def test_bad_cutoff_time_is_refused_naming_the_field(cutoff_time: object) -> None:
     with pytest.raises(InvalidSchedule, match="cutoff_time"):
         Schedule.create(Frequency.DAILY, cutoff_time=cutoff_time, timezone="UTC")  # type: ignore[arg-type]
 
 
-@pytest.mark.parametrize("zone", ["Mars/Olympus_Mons", "", "../etc/passwd", "/usr/share/zoneinfo/UTC", None])
+@pytest.mark.parametrize(
+    "zone",
+    ["Mars/Olympus_Mons", "", "America", "localtime", "../etc/passwd", "/usr/share/zoneinfo/UTC", None],
+)
 def test_unknown_timezone_is_refused_naming_the_field(zone: object) -> None:
     with pytest.raises(InvalidSchedule, match="timezone"):
         Schedule.create(Frequency.DAILY, cutoff_time="10:00", timezone=zone)  # type: ignore[arg-type]
@@ -222,15 +227,37 @@ def test_gap_end_in_zones_with_unusual_transitions(
     cutoff = cutoff_at_or_after(schedule, expected - 2 * HOUR)
     assert cutoff == expected
     assert cutoff.astimezone(ZoneInfo(zone)).date() == day
-    assert cutoff.astimezone(ZoneInfo(zone)).utcoffset() != (cutoff - ONE_MICROSECOND).astimezone(ZoneInfo(zone)).utcoffset()
+    just_before = cutoff - ONE_MICROSECOND
+    assert cutoff.astimezone(ZoneInfo(zone)).utcoffset() > just_before.astimezone(ZoneInfo(zone)).utcoffset()
     assert period_containing(schedule, cutoff).period_id == day.isoformat()
+
+
+def test_ambiguous_wall_time_in_a_30_minute_fall_back() -> None:
+    # Lord Howe Island falls back 02:00 -> 01:30 (+11:00 -> +10:30) on 2026-04-05.
+    schedule = daily("01:45", "Australia/Lord_Howe")
+    cutoff = cutoff_at_or_after(schedule, utc(2026, 4, 4))
+    assert cutoff == utc(2026, 4, 4, 14, 45)
+    assert cutoff.astimezone(ZoneInfo("Australia/Lord_Howe")).utcoffset() == timedelta(hours=11)
+
+
+def test_a_skipped_calendar_day_does_not_make_two_cutoffs_at_one_instant() -> None:
+    # Samoa skipped 2011-12-30: midnight on the 30th (nonexistent) and on the 31st are one instant.
+    schedule = daily("00:00", "Pacific/Apia")
+    cutoffs = cutoffs_between(schedule, utc(2011, 12, 28), utc(2012, 1, 2))
+    assert cutoffs == [utc(2011, 12, day, 10) for day in (28, 29, 30, 31)] + [utc(2012, 1, 1, 10)]
+    assert [period_containing(schedule, c).period_id for c in cutoffs] == [
+        "2011-12-28", "2011-12-29", "2011-12-30", "2012-01-01", "2012-01-02"
+    ]
+    assert cutoff_before(schedule, utc(2011, 12, 31, 10)) == utc(2011, 12, 30, 10)
 
 
 @pytest.mark.parametrize(
     ("month", "day"), [(1, 31), (2, 28), (3, 31), (4, 30), (6, 30), (12, 31)]
 )
 def test_monthly_day_31_is_clamped_to_the_month_end(month: int, day: int) -> None:
-    schedule = Schedule.create(Frequency.MONTHLY, cutoff_time="18:00", timezone="Europe/Paris", day_of_month=31)
+    schedule = Schedule.create(
+        Frequency.MONTHLY, cutoff_time="18:00", timezone="Europe/Paris", day_of_month=31
+    )
     paris = ZoneInfo("Europe/Paris")
     cutoff = cutoff_at_or_after(schedule, datetime(2026, month, 1, tzinfo=paris))
     assert cutoff.astimezone(paris).replace(tzinfo=None) == datetime(2026, month, day, 18, 0)
@@ -238,7 +265,9 @@ def test_monthly_day_31_is_clamped_to_the_month_end(month: int, day: int) -> Non
 
 
 def test_monthly_leap_february_and_a_full_year() -> None:
-    schedule = Schedule.create(Frequency.MONTHLY, cutoff_time="18:00", timezone="Europe/Paris", day_of_month=30)
+    schedule = Schedule.create(
+        Frequency.MONTHLY, cutoff_time="18:00", timezone="Europe/Paris", day_of_month=30
+    )
     cutoffs = cutoffs_between(schedule, utc(2027, 12, 31), utc(2028, 12, 31))
     paris = ZoneInfo("Europe/Paris")
     assert [c.astimezone(paris).day for c in cutoffs] == [30, 29, 30, 30, 30, 30, 30, 30, 30, 30, 30, 30]
@@ -263,7 +292,9 @@ def test_weekly_cutoff_is_a_local_friday_even_when_it_is_thursday_in_utc() -> No
 
 
 def test_biweekly_is_fourteen_days_apart_anchored_on_even_weeks_from_1970_01_05() -> None:
-    schedule = Schedule.create(Frequency.BIWEEKLY, cutoff_time="12:00", timezone="Asia/Kolkata", day_of_week=2)
+    schedule = Schedule.create(
+        Frequency.BIWEEKLY, cutoff_time="12:00", timezone="Asia/Kolkata", day_of_week=2
+    )
     cutoffs = cutoffs_between(schedule, utc(2026, 1, 1), utc(2027, 1, 1))
     assert set(consecutive_gaps(cutoffs)) == {14 * DAY}
     for cutoff in cutoffs:
@@ -403,23 +434,47 @@ def test_cutoffs_between_equals_the_chain_of_next_cutoffs(case: tuple[Schedule, 
         chain.append(cutoff)
         cutoff = cutoff_at_or_after(schedule, cutoff + ONE_MICROSECOND)
     assert cutoffs_between(schedule, a, b) == chain
+    assert all(earlier < later for earlier, later in zip(chain, chain[1:]))
+
+
+def assert_wall_time_exact_unless_in_a_gap(schedule: Schedule, cutoff: datetime) -> None:
+    zone = ZoneInfo(schedule.timezone)
+    local = cutoff.astimezone(zone)
+    if local.strftime("%H:%M") == schedule.cutoff_time:
+        assert local.fold == 0, "a repeated wall time must resolve to its first occurrence"
+        return
+    event("cutoff wall time in a gap")
+    # Otherwise the cutoff is a spring-forward transition (the offset grows at that very instant)
+    # and the wall time lies in the skipped interval, so the clock shows a later time.
+    gap = local.utcoffset() - (cutoff - ONE_MICROSECOND).astimezone(zone).utcoffset()
+    assert gap > timedelta(0)
+    wall_after_gap = local.replace(tzinfo=None)
+    nominal = [datetime.combine(local.date() - back * DAY, schedule.wall_time) for back in (0, 1)]
+    assert any(wall_after_gap - gap <= wall < wall_after_gap for wall in nominal)
 
 
 @settings(max_examples=200, deadline=None)
 @given(schedules_and_instants())
 def test_cutoff_wall_time_is_exact_unless_it_falls_in_a_gap(case: tuple[Schedule, datetime]) -> None:
     schedule, t = case
-    zone = ZoneInfo(schedule.timezone)
-    cutoff = cutoff_at_or_after(schedule, t)
-    local = cutoff.astimezone(zone)
-    if local.strftime("%H:%M") == schedule.cutoff_time:
-        return
-    # Otherwise the cutoff is a spring-forward transition and the wall time lies in its gap.
-    event("cutoff wall time in a gap")
-    gap = local.utcoffset() - (cutoff - ONE_MICROSECOND).astimezone(zone).utcoffset()
-    assert gap > timedelta(0)
-    wall_after_gap = local.replace(tzinfo=None)
-    nominal = [
-        datetime.combine(local.date() - back * DAY, schedule.wall_time) for back in (0, 1)
-    ]
-    assert any(wall_after_gap - gap <= wall < wall_after_gap for wall in nominal)
+    assert_wall_time_exact_unless_in_a_gap(schedule, cutoff_at_or_after(schedule, t))
+
+
+DST_ZONES = [zone for zone in ZONES if transitions(zone)]
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.sampled_from(DST_ZONES), CUTOFF_TIMES, st.data())
+def test_daily_cutoffs_around_every_kind_of_change(zone: str, cutoff_time: str, data: st.DataObject) -> None:
+    # Every cutoff from two days before a change to a day after it: the change day's cutoff falls in
+    # the gap or the overlap whenever cutoff_time is in it.
+    schedule = daily(cutoff_time, zone)
+    change = data.draw(st.sampled_from(transitions(zone)))
+    cutoffs = cutoffs_between(schedule, change - 3 * DAY, change + DAY)
+    assert len(cutoffs) >= 3
+    for cutoff in cutoffs:
+        assert_wall_time_exact_unless_in_a_gap(schedule, cutoff)
+    for earlier, later in zip(cutoffs, cutoffs[1:]):
+        assert timedelta(hours=22) <= later - earlier <= timedelta(hours=26)
+        period = period_containing(schedule, later)
+        assert (period.start_utc, period.end_utc) == (earlier, later)
