@@ -30,7 +30,8 @@ def main() -> None:
     bootstrap, _ = connections(base)
     suffix = f"bench-{uuid.uuid4().hex[:8]}"
     settings = base.model_copy(update={"topic_incoming": f"payments.incoming.{suffix}",
-                                       "topic_events": f"ledger.events.{suffix}", "topic_dlq": f"ledger.dlq.{suffix}"})
+                                       "topic_events": f"ledger.events.{suffix}", "topic_dlq": f"ledger.dlq.{suffix}",
+                                       "topic_commands": f"ledger.commands.{suffix}"})
     ensure_topics(bootstrap, settings.topic_specs())
 
     raw_started = time.monotonic()

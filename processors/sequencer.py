@@ -1,4 +1,4 @@
-"""The sequencer: payments.incoming -> ledger.events, exactly once in effect, or ledger.dlq with a reason.
+"""The sequencer: payments.incoming and ledger.commands -> ledger.events exactly once, or ledger.dlq.
 
 Why a plain confluent-kafka loop and not a Faust agent (docs/decisions.md §12): its state is
 rebuilt at start from ledger.events itself, and each batch's outputs are flushed before the input
@@ -13,7 +13,7 @@ import json
 import signal
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from typing import Callable
 
@@ -22,7 +22,7 @@ from confluent_kafka.admin import AdminClient
 
 from ledger.codec import EventCodec, UndecodableEvent
 from ledger.events import Event
-from ledger.intake import IntakeLimits, IntakeRejected, parse_record, validate_event
+from ledger.intake import INTAKE_TYPES, IntakeLimits, IntakeRejected, parse_record, validate_event
 from ledger.ledger_index import LedgerIndex
 from processors.dead_letters import dead_letter_headers, read_dead_letters
 from processors.kafka_io import DeliveryTracker, Record, flush_or_raise, make_producer
@@ -79,6 +79,19 @@ def interpret(value: bytes | None, codec: EventCodec, limits: IntakeLimits, now:
         raise Rejected("validate", str(exc)) from None
 
 
+def interpret_command(value: bytes | None, codec: EventCodec, now: datetime) -> Event:
+    """An internal event from ledger.commands (a close, an outcome, an operator action), checked for chaining."""
+    try:
+        event = codec.decode(value or b"")
+    except UndecodableEvent as exc:
+        raise Rejected("decode", f"not a readable Avro event: {exc.reason}") from None
+    if event.event_type in INTAKE_TYPES.values():
+        raise Rejected("validate", f"{event.event_type} must be submitted on the intake topic, not as a command")
+    if event.envelope.sequence is not None or event.envelope.previous_hash is not None:
+        raise Rejected("validate", "envelope.sequence: must be empty on a command: the sequencer assigns it")
+    return Event(replace(event.envelope, recorded_at=now), event.payload)
+
+
 class Sequencer:
     """One sequencer for all partitions of payments.incoming (see docs/decisions.md §12 for scale-out)."""
 
@@ -129,8 +142,9 @@ class Sequencer:
             "enable.auto.offset.store": False,
             "auto.offset.reset": "earliest",
         })
-        topic = self.settings.topic_incoming
-        consumer.assign([TopicPartition(topic, p, OFFSET_STORED) for p in range(self._partition_count(topic))])
+        topics = (self.settings.topic_incoming, self.settings.topic_commands)
+        consumer.assign([TopicPartition(topic, partition, OFFSET_STORED)
+                         for topic in topics for partition in range(self._partition_count(topic))])
         last_input = time.monotonic()
         try:
             while not self._stop.is_set():
@@ -163,11 +177,12 @@ class Sequencer:
             produced += self._handle(record, tracker)
         # Outputs first, then the input position: a crash in between only causes reprocessing.
         flush_or_raise(self._producer, tracker, produced)
-        positions: dict[int, int] = {}
+        positions: dict[tuple[str, int], int] = {}
         for record in records:
-            positions[record.partition] = max(positions.get(record.partition, -1), record.offset + 1)
-        consumer.commit(offsets=[TopicPartition(record.topic, partition, offset)
-                                 for partition, offset in positions.items()], asynchronous=False)
+            where = (record.topic, record.partition)
+            positions[where] = max(positions.get(where, -1), record.offset + 1)
+        consumer.commit(offsets=[TopicPartition(topic, partition, offset)
+                                 for (topic, partition), offset in positions.items()], asynchronous=False)
         self.stats.batches += 1
 
     def _handle(self, record: Record, tracker: DeliveryTracker) -> int:
@@ -178,7 +193,10 @@ class Sequencer:
             return 0
         now = self.clock()
         try:
-            event = interpret(record.value, self.codec, self.limits, now)
+            if record.topic == self.settings.topic_commands:
+                event = interpret_command(record.value, self.codec, now)
+            else:
+                event = interpret(record.value, self.codec, self.limits, now)
         except Rejected as exc:
             return self._dead_letter(record, exc.stage, exc.reason, now, tracker)
         verdict = self.index.verdict(event)

@@ -37,9 +37,11 @@ class Settings(BaseSettings):
     topic_incoming: str = "payments.incoming"
     topic_events: str = "ledger.events"
     topic_dlq: str = "ledger.dlq"
+    topic_commands: str = Field("ledger.commands", description="internal events for the sequencer to chain (closes, outcomes, operator actions)")
     partitions_incoming: int = Field(3, ge=1)
     partitions_events: int = Field(3, ge=1)
     partitions_dlq: int = Field(1, ge=1)
+    partitions_commands: int = Field(3, ge=1)
     replication_factor: int = Field(1, ge=1, description="3 in production (Apache Kafka)")
 
     max_payment_amount: str = Field("50000.00", description="largest amount per record, in major units")
@@ -90,4 +92,5 @@ class Settings(BaseSettings):
             TopicSpec(self.topic_incoming, self.partitions_incoming, {}),
             TopicSpec(self.topic_events, self.partitions_events, durable),
             TopicSpec(self.topic_dlq, self.partitions_dlq, durable),
+            TopicSpec(self.topic_commands, self.partitions_commands, {}),
         ]

@@ -10,6 +10,7 @@ import pytest
 from ledger.codec import EventCodec
 from ledger.intake import parse_record
 from ledger.money import Money
+from processors.kafka_io import DeliveryTracker, flush_or_raise, make_producer
 from processors.ledger_client import LedgerClient
 from tests.integration.cli_env import LEDGER, env_for
 from tests.integration.sequencing_helpers import (
@@ -167,3 +168,37 @@ def test_client_refuses_bad_input_synchronously_naming_the_field(settings):
         result = client.record_batch([payment("ok-1"), payment("bad", amount_minor=2.5), payment("ok-2")])
     assert len(result.sent) == 2 and [index for index, _ in result.rejected] == [1]
     assert parse_record(payment("ok-1"), settings.intake_limits(), PAST).envelope.event_id == result.sent[0]
+
+
+def _command(settings, events) -> None:
+    codec = EventCodec()
+    producer = make_producer(settings.kafka_bootstrap)
+    tracker = DeliveryTracker()
+    for event in events:
+        producer.produce(settings.topic_commands, key=event.payee_id.encode(), value=codec.encode(event),
+                         on_delivery=tracker)
+    flush_or_raise(producer, tracker, len(events))
+
+
+def test_internal_commands_are_chained_once_and_intake_types_are_refused_there(settings):
+    from tests.unit.event_factory import make_event
+
+    with LedgerClient(settings.kafka_bootstrap, settings) as client:
+        client.record_batch([payment("p1", payee_id="payee-1")])
+    schedule = make_event("PayeeScheduleSet", payee_id="payee-1")
+    held = make_event("PayeeHoldSet", payee_id="payee-1")
+    smuggled = make_event("PaymentCompleted", payee_id="payee-1")
+    _command(settings, [schedule, held, schedule, smuggled])
+
+    worker = run_sequencer(settings)
+
+    events = ledger_events(settings)
+    types = [event.event_type for event, _ in events]
+    assert sorted(types) == ["PayeeHoldSet", "PayeeScheduleSet", "PaymentCompleted"]
+    assert types.index("PayeeScheduleSet") < types.index("PayeeHoldSet")  # one partition keeps their order
+    assert chain_breaks(events) == []
+    assert schedule.envelope.event_id in {event.envelope.event_id for event, _ in events}
+    assert worker.stats.duplicates == 1
+    (letter,) = dead_letters(settings)
+    assert letter.source_topic == settings.topic_commands
+    assert "PaymentCompleted must be submitted on the intake topic" in letter.reason
