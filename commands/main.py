@@ -67,7 +67,9 @@ def cli() -> None:
 
 
 def _register() -> None:
-    from commands import dlq, publish, quote, schemas_command, sequencer_command, smoke, stack_commands
+    from commands import (
+        dlq, payee_commands, publish, quote, run_command, schemas_command, sequencer_command, smoke, stack_commands,
+    )
 
     cli.add_command(stack_commands.up)
     cli.add_command(stack_commands.down)
@@ -78,6 +80,9 @@ def _register() -> None:
     cli.add_command(dlq.dlq)
     cli.add_command(publish.publish)
     cli.add_command(quote.quote)
+    cli.add_command(run_command.run)
+    cli.add_command(payee_commands.schedule)
+    cli.add_command(payee_commands.payee)
 
 
 _register()

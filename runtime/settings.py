@@ -10,6 +10,7 @@ from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 if TYPE_CHECKING:
+    from ledger.earnings import PayoutPolicy
     from ledger.intake import IntakeLimits
 
 
@@ -50,6 +51,14 @@ class Settings(BaseSettings):
     metadata_max_keys: int = Field(32, ge=0)
     metadata_max_bytes: int = Field(4096, ge=0)
 
+    default_plan: str = Field("flat-80", description="commission plan of payees that set none")
+    default_payout_method: str = Field("manual", description="payout method of payees that set none")
+    minimum_payout: str = Field("25.00", description="below this (major units) a balance carries over (seed 002)")
+    default_frequency: str = Field("WEEKLY", description="DAILY, WEEKLY, BIWEEKLY, MONTHLY or MANUAL")
+    default_cutoff_time: str = "23:59"
+    default_timezone: str = "UTC"
+    default_day_of_week: int | None = Field(4, description="0 = Monday; for WEEKLY and BIWEEKLY")
+    default_day_of_month: int | None = Field(None, description="1-31; for MONTHLY")
     plans_file: Path | None = Field(None, description="TOML file of commission plans and fees, merged over the built-ins")
 
     sequencer_group: str = "ledger-sequencer"
@@ -82,6 +91,17 @@ class Settings(BaseSettings):
 
         return IntakeLimits(self.max_payment_amount, dict(self.max_payment_amounts), self.future_skew_s,
                             self.metadata_max_keys, self.metadata_max_bytes)
+
+    def payout_policy(self) -> "PayoutPolicy":
+        from ledger.earnings import PayoutPolicy
+        from ledger.schedules import Frequency, Schedule
+
+        weekly = self.default_frequency in (Frequency.WEEKLY.value, Frequency.BIWEEKLY.value)
+        schedule = Schedule.create(self.default_frequency, cutoff_time=self.default_cutoff_time,
+                                   timezone=self.default_timezone,
+                                   day_of_week=self.default_day_of_week if weekly else None,
+                                   day_of_month=self.default_day_of_month if self.default_frequency == "MONTHLY" else None)
+        return PayoutPolicy(self.default_plan, self.default_payout_method, self.minimum_payout, schedule)
 
     def topic_specs(self) -> list[TopicSpec]:
         """The topics the ledger needs; ledger.events keeps everything forever (it is the ledger)."""
