@@ -68,7 +68,8 @@ def cli() -> None:
 
 def _register() -> None:
     from commands import (
-        dlq, payee_commands, publish, quote, run_command, schemas_command, sequencer_command, smoke, stack_commands,
+        aggregator_command, dlq, payee_commands, publish, quote, run_command, schemas_command, sequencer_command,
+        smoke, stack_commands,
     )
 
     cli.add_command(stack_commands.up)
@@ -83,6 +84,8 @@ def _register() -> None:
     cli.add_command(run_command.run)
     cli.add_command(payee_commands.schedule)
     cli.add_command(payee_commands.payee)
+    cli.add_command(aggregator_command.aggregator)
+    cli.add_command(aggregator_command.tick)
 
 
 _register()

@@ -130,12 +130,19 @@ class PlanBook:
         return self.fees[method]
 
     def breakdown(self, plan_name: str, method: str, gross: Money, services: int,
-                  deductions: Mapping[str, Money] | None = None) -> Breakdown:
-        """The period's breakdown; a fee is charged only when there is something to pay out."""
+                  deductions: Mapping[str, Money] | None = None, *, recurring: bool = True) -> Breakdown:
+        """The period's breakdown; a fee is charged only when there is gross to pay out of.
+
+        `recurring` adds the plan's per-period deductions (a period with no activity has none);
+        an explicit deduction of the same name adds to the recurring one.
+        """
         plan = self.plan(plan_name)
         rate = plan.rate_bp(gross, services)
         share = gross.apply_basis_points(rate)
-        lines = tuple(sorted({**plan.recurring_deductions(gross.currency.code), **(deductions or {})}.items()))
+        combined = dict(plan.recurring_deductions(gross.currency.code)) if recurring else {}
+        for name, amount in (deductions or {}).items():
+            combined[name] = combined[name] + amount if name in combined else amount
+        lines = tuple(sorted(combined.items()))
         for name, amount in lines:
             if amount.currency != gross.currency:
                 raise InvalidPlan(f"deduction {name} is in {amount.currency.code}, the payout in {gross.currency.code}")

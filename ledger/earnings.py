@@ -130,17 +130,19 @@ class PayeeEarnings:
     def _on_PayeeHoldSet(self, payload: Any, envelope: Any) -> None:
         self.held = payload["held"]
 
+    # A close moves amounts rather than setting balances: an outcome chained between the decision and
+    # its close (a failed payout returning money, say) must survive the close.
     def _on_PayoutRequested(self, payload: Any, envelope: Any) -> None:
         currency, paid = payload["net"].currency.code, payload["net"].amount_minor
-        period_net = paid - payload["carry_over"].amount_minor
-        self._close(payload["period_end"], payload["through_sequence"], currency, period_net)
+        carried_in = payload["carry_over"].amount_minor
+        self._close(payload["period_end"], payload["through_sequence"], currency, paid - carried_in)
         self.in_flight[payload["payout_id"]] = (currency, paid)
-        self.unpaid[currency] = 0
+        self.unpaid[currency] = self.unpaid.get(currency, 0) - carried_in
 
     def _on_BalanceCarried(self, payload: Any, envelope: Any) -> None:
         currency = payload["balance"].currency.code
         self._close(payload["period_end"], payload["through_sequence"], currency, payload["net"].amount_minor)
-        self.unpaid[currency] = payload["balance"].amount_minor
+        self.unpaid[currency] = self.unpaid.get(currency, 0) + payload["net"].amount_minor
 
     def _close(self, period_end: datetime, through_sequence: int, currency: str, period_net: int) -> None:
         self.lines = [line for line in self.lines if not (
@@ -242,10 +244,8 @@ class PayeeEarnings:
             if line.deduction is not None:
                 name, minor = line.deduction
                 deductions[name] = deductions.get(name, Money.zero(currency)) + Money.of(minor, currency)
-        if lines:
-            for name, amount in book.plan(plan).recurring_deductions(currency).items():
-                deductions[name] = deductions.get(name, Money.zero(currency)) + amount
-        breakdown = book.breakdown(plan, method, gross, sum(line.services for line in lines), deductions)
+        breakdown = book.breakdown(plan, method, gross, sum(line.services for line in lines), deductions,
+                                   recurring=bool(lines))
         carry_in = Money.of(self.unpaid.get(currency, 0), currency)
         total = carry_in + breakdown.net
         payment_ids = sorted(line.payment_id for line in lines if line.payment_id is not None)
@@ -278,4 +278,5 @@ class PayeeEarnings:
 
     def _fold_decision(self, event: Event) -> None:
         getattr(self, f"_on_{event.event_type}")(event.payload, event.envelope)
+
 

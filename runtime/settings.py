@@ -43,6 +43,8 @@ class Settings(BaseSettings):
     partitions_events: int = Field(3, ge=1)
     partitions_dlq: int = Field(1, ge=1)
     partitions_commands: int = Field(3, ge=1)
+    topic_clock: str = Field("ledger.clock", description="clock ticks: 'close what is due as of T' (one per partition)")
+    aggregator_session_timeout_s: float = Field(10.0, gt=0, description="Faust consumer session timeout")
     replication_factor: int = Field(1, ge=1, description="3 in production (Apache Kafka)")
 
     max_payment_amount: str = Field("50000.00", description="largest amount per record, in major units")
@@ -113,4 +115,5 @@ class Settings(BaseSettings):
             TopicSpec(self.topic_events, self.partitions_events, durable),
             TopicSpec(self.topic_dlq, self.partitions_dlq, durable),
             TopicSpec(self.topic_commands, self.partitions_commands, {}),
+            TopicSpec(self.topic_clock, self.partitions_events, {}),
         ]

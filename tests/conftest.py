@@ -79,6 +79,7 @@ def settings(kafka_bootstrap: str, db_url: str, tmp_path: Path) -> Settings:
         topic_events=f"ledger.events.{suffix}",
         topic_dlq=f"ledger.dlq.{suffix}",
         topic_commands=f"ledger.commands.{suffix}",
+        topic_clock=f"ledger.clock.{suffix}",
     )
     ensure_topics(kafka_bootstrap, configured.topic_specs())
     return configured

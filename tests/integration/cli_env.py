@@ -24,5 +24,6 @@ def env_for(settings: Settings, data_dir: Path, **overrides: str) -> dict[str, s
         "LEDGER_KAFKA_BOOTSTRAP": settings.kafka_bootstrap or "", "LEDGER_DATABASE_URL": settings.database_url or "",
         "LEDGER_TOPIC_INCOMING": settings.topic_incoming, "LEDGER_TOPIC_EVENTS": settings.topic_events,
         "LEDGER_TOPIC_DLQ": settings.topic_dlq, "LEDGER_TOPIC_COMMANDS": settings.topic_commands,
+        "LEDGER_TOPIC_CLOCK": settings.topic_clock,
         "LEDGER_DATA_DIR": str(data_dir), **overrides,
     })

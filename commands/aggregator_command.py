@@ -1,0 +1,45 @@
+"""`ledger aggregator` (the Faust worker) and `ledger tick` (move its clock)."""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+
+import click
+from confluent_kafka.admin import AdminClient
+
+from commands.output import console, emit_json, fail
+from processors.kafka_io import DeliveryTracker, flush_or_raise, make_producer
+from runtime.settings import Settings
+from runtime.stack import connections
+
+
+@click.command(short_help="Run the earnings aggregator (Faust): fold, and close periods at ticks.")
+def aggregator() -> None:
+    """Fold ledger.events per payee (Faust table) and, at each tick on ledger.clock, request the closes due."""
+    from processors.aggregator import run_worker
+
+    settings = Settings()
+    bootstrap, _ = connections(settings)
+    run_worker(settings, bootstrap)
+
+
+@click.command(short_help="Tick the aggregator's clock: close what is due as of now or --at.")
+@click.option("--at", "at_text", default=None, help="ISO 8601 instant with offset; default now.")
+@click.option("--json", "as_json", is_flag=True)
+def tick(at_text: str | None, as_json: bool) -> None:
+    """Send one tick to every partition of ledger.clock, so every aggregator worker decides its payees."""
+    settings = Settings()
+    bootstrap, _ = connections(settings)
+    at = datetime.now(timezone.utc) if at_text is None else datetime.fromisoformat(at_text)
+    if at.tzinfo is None:
+        fail(f"--at: {at_text!r} has no UTC offset; add one, e.g. +00:00 or Z")
+    metadata = AdminClient({"bootstrap.servers": bootstrap}).list_topics(settings.topic_clock, timeout=10)
+    partitions = sorted(metadata.topics[settings.topic_clock].partitions)
+    producer, tracker = make_producer(bootstrap), DeliveryTracker()
+    for partition in partitions:
+        producer.produce(settings.topic_clock, partition=partition, value=at.isoformat().encode(), on_delivery=tracker)
+    flush_or_raise(producer, tracker, len(partitions))
+    if as_json:
+        emit_json({"at": at.isoformat(), "partitions": len(partitions)})
+    else:
+        console.print(f"tick {at.isoformat()} sent to {len(partitions)} partitions of {settings.topic_clock}")
