@@ -19,8 +19,8 @@ def aggregator() -> None:
     from processors.aggregator import run_worker
 
     settings = Settings()
-    bootstrap, _ = connections(settings)
-    run_worker(settings, bootstrap)
+    bootstrap, database_url = connections(settings)
+    run_worker(settings, bootstrap, database_url)
 
 
 @click.command(short_help="Tick the aggregator's clock: close what is due as of now or --at.")

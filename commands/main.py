@@ -68,7 +68,8 @@ def cli() -> None:
 
 def _register() -> None:
     from commands import (
-        aggregator_command, dlq, payee_commands, publish, quote, run_command, schemas_command, sequencer_command,
+        aggregator_command, dlq, payee_commands, payouts_command, publish, quote, run_command, schemas_command,
+        sequencer_command,
         smoke, stack_commands,
     )
 
@@ -86,6 +87,7 @@ def _register() -> None:
     cli.add_command(payee_commands.payee)
     cli.add_command(aggregator_command.aggregator)
     cli.add_command(aggregator_command.tick)
+    cli.add_command(payouts_command.payouts)
 
 
 _register()

@@ -11,6 +11,7 @@ from rich.table import Table
 from commands.output import console, emit_json, fail
 from ledger.codec import EventCodec
 from processors.payout_run import fold_ledger, plan_run, send_commands
+from projections.payout_controls import read_pause
 from runtime.plans import plan_book
 from runtime.settings import Settings
 from runtime.stack import connections
@@ -36,8 +37,12 @@ def run(at_text: str | None, dry_run: bool, as_json: bool) -> None:
     """Close every payee's periods whose cutoff has passed: PayoutRequested when something is owed,
     BalanceCarried otherwise. Safe to repeat: a period is closed once, whatever is re-run."""
     settings = Settings()
-    bootstrap, _ = connections(settings)
+    bootstrap, database_url = connections(settings)
     at = _instant(at_text)
+    pause = read_pause(database_url)
+    if pause.paused and not dry_run:
+        fail(f"payouts are paused since {pause.changed_at} by {pause.actor or '?'} ({pause.reason}): "
+             "nothing requested; `ledger payouts resume` to continue, or --dry-run to see what is due", code=3)
     codec = EventCodec()
     payees = fold_ledger(bootstrap, settings.topic_events, codec)
     plan = plan_run(payees.values(), at, plan_book(settings), settings.payout_policy())

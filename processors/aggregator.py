@@ -20,10 +20,11 @@ import faust
 from ledger.codec import EventCodec, UndecodableEvent
 from ledger.earnings import PayeeEarnings
 from processors.payout_run import fold_ledger
+from projections.payout_controls import read_pause
 from runtime.plans import plan_book
 from runtime.settings import Settings
 
-def make_app(settings: Settings, bootstrap: str) -> faust.App:
+def make_app(settings: Settings, bootstrap: str, database_url: str) -> faust.App:
     app = faust.App(
         f"ledger-aggregator-{settings.topic_events}", broker=f"kafka://{bootstrap}", store="memory://",
         topic_partitions=settings.partitions_events, topic_replication_factor=settings.replication_factor,
@@ -63,6 +64,8 @@ def make_app(settings: Settings, bootstrap: str) -> faust.App:
         async for value in stream:
             await ready.wait()
             at = datetime.fromisoformat(value.decode()).astimezone(timezone.utc)
+            if (await asyncio.to_thread(read_pause, database_url)).paused:
+                continue  # emergency stop: nothing is requested; earnings keep folding
             for payee_id in sorted(state):
                 for close in state[payee_id].decide_closes(at, book, policy):
                     await commands.send(key=payee_id.encode(), value=codec.encode(close))
@@ -70,9 +73,9 @@ def make_app(settings: Settings, bootstrap: str) -> faust.App:
     return app
 
 
-def run_worker(settings: Settings, bootstrap: str) -> None:
+def run_worker(settings: Settings, bootstrap: str, database_url: str) -> None:
     """Run the aggregator until SIGTERM/SIGINT."""
     from faust.worker import Worker
 
-    app = make_app(settings, bootstrap)
+    app = make_app(settings, bootstrap, database_url)
     Worker(app, loglevel="WARN", quiet=True).execute_from_commandline()

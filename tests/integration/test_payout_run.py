@@ -93,3 +93,27 @@ def test_run_refuses_a_naive_instant(settings, tmp_path):
     result = subprocess.run([LEDGER, "run", "--at", "2026-11-22T00:00:00", "--dry-run"], env=env_for(settings, tmp_path),
                             capture_output=True, text=True, timeout=60)
     assert result.returncode == 1 and "has no UTC offset" in result.stderr
+
+
+def test_emergency_stop_requests_nothing_until_resumed(settings, tmp_path):
+    env = env_for(settings, tmp_path)
+    ledger_cli(env, "schedule", "set", "p-1", "--frequency", "DAILY", "--timezone", "UTC",
+               "--plan", "flat-80", "--method", "manual")
+    with LedgerClient(settings.kafka_bootstrap, settings) as client:
+        client.record_batch([pay("e1", "p-1", 10_000, "USD", "2026-11-20T10:00:00Z")])
+    run_sequencer(settings)
+    ledger_cli(env, "payouts", "pause", "--reason", "provider incident", "--actor", "ops")
+
+    paused = subprocess.run([LEDGER, "run", "--at", "2026-11-21T01:00:00Z"], env=env, capture_output=True,
+                            text=True, timeout=60)
+    assert paused.returncode == 3 and "payouts are paused" in paused.stderr and "provider incident" in paused.stderr
+    status = subprocess.run([LEDGER, "payouts", "status", "--json"], env=env, capture_output=True, text=True)
+    assert status.returncode == 3 and json.loads(status.stdout)["actor"] == "ops"
+    dry = json.loads(ledger_cli(env, "run", "--at", "2026-11-21T01:00:00Z", "--dry-run", "--json").stdout)
+    assert dry["payouts_requested"] == 1  # a dry run still shows what is due
+    run_sequencer(settings)
+    assert not [e for e, _ in ledger_events(settings) if e.event_type == "PayoutRequested"]
+
+    ledger_cli(env, "payouts", "resume", "--reason", "incident over")
+    resumed = json.loads(ledger_cli(env, "run", "--at", "2026-11-21T01:00:00Z", "--json").stdout)
+    assert resumed["payouts_requested"] == 1 and resumed["closes"][0]["net"] == 8_000  # accrued earnings kept

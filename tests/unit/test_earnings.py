@@ -750,7 +750,7 @@ def test_manual_policy_schedule_never_closes() -> None:
 
 
 ZONES = ["UTC", "America/New_York", "Asia/Tokyo", "Africa/Abidjan", "Europe/London"]
-WINDOW_START = utc(2026, 10, 27)  # spans the end of daylight saving in Europe and New York
+WINDOW_START = utc(2026, 10, 22)  # spans the end of daylight saving in Europe (10-25) and New York (11-01)
 WINDOW_US = 10 * 24 * 3600 * 10**6
 AFTER_WINDOW = WINDOW_START + timedelta(days=12)
 DAY_US = 24 * 3600 * 10**6
