@@ -13,6 +13,7 @@ dropped by the sequencer.
 from __future__ import annotations
 
 import asyncio
+import time
 from datetime import datetime, timezone
 
 import faust
@@ -23,6 +24,9 @@ from processors.payout_run import fold_ledger
 from projections.payout_controls import read_pause
 from runtime.plans import plan_book
 from runtime.settings import Settings
+
+# A close refused by the sequencer never comes back: decide that payee again after this long.
+PENDING_EXPIRY_S = 300.0
 
 def make_app(settings: Settings, bootstrap: str, database_url: str) -> faust.App:
     app = faust.App(
@@ -42,6 +46,7 @@ def make_app(settings: Settings, bootstrap: str, database_url: str) -> faust.App
     commands = app.topic(settings.topic_commands, key_type=bytes, value_type=bytes, value_serializer="raw",
                          key_serializer="raw")
     state: dict[str, PayeeEarnings] = {}
+    pending: dict[str, tuple[set[str], float]] = {}  # payee -> (close ids sent, when), until chained
     ready = asyncio.Event()
 
     @app.task
@@ -58,6 +63,11 @@ def make_app(settings: Settings, bootstrap: str, database_url: str) -> faust.App
             except UndecodableEvent as exc:  # ledger.events is written by the sequencer only: stop
                 raise RuntimeError(f"ledger.events holds an unreadable event: {exc.reason}") from None
             state.setdefault(event.payee_id, PayeeEarnings(event.payee_id)).apply(event)
+            waiting = pending.get(event.payee_id)
+            if waiting is not None:
+                waiting[0].discard(event.envelope.event_id)
+                if not waiting[0]:
+                    del pending[event.payee_id]
 
     @app.agent(clock, concurrency=1)
     async def tick(stream):  # noqa: ANN001
@@ -67,8 +77,14 @@ def make_app(settings: Settings, bootstrap: str, database_url: str) -> faust.App
             if (await asyncio.to_thread(read_pause, database_url)).paused:
                 continue  # emergency stop: nothing is requested; earnings keep folding
             for payee_id in sorted(state):
-                for close in state[payee_id].decide_closes(at, book, policy):
+                waiting = pending.get(payee_id)
+                if waiting is not None and time.monotonic() - waiting[1] < PENDING_EXPIRY_S:
+                    continue  # decide again only on top of the closes already sent, once they are chained
+                closes = state[payee_id].decide_closes(at, book, policy)
+                for close in closes:
                     await commands.send(key=payee_id.encode(), value=codec.encode(close))
+                if closes:
+                    pending[payee_id] = ({close.envelope.event_id for close in closes}, time.monotonic())
 
     return app
 

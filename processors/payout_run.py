@@ -19,8 +19,12 @@ from processors.kafka_io import DeliveryTracker, flush_or_raise, make_producer, 
 from processors.ledger_replay import CorruptLedger
 
 
-def fold_ledger(bootstrap: str, topic: str, codec: EventCodec, timeout_s: float = 600.0) -> dict[str, PayeeEarnings]:
-    """Every payee's earnings, folded from ledger.events in per-payee order."""
+CLOSE_TYPES = ("PayoutRequested", "BalanceCarried")
+
+
+def fold_ledger(bootstrap: str, topic: str, codec: EventCodec, timeout_s: float = 600.0,
+                close_ids: set[str] | None = None) -> dict[str, PayeeEarnings]:
+    """Every payee's earnings, folded from ledger.events in per-payee order (close ids collected if asked)."""
     payees: dict[str, PayeeEarnings] = {}
     for record in read_topic(bootstrap, topic, timeout_s):
         try:
@@ -28,7 +32,26 @@ def fold_ledger(bootstrap: str, topic: str, codec: EventCodec, timeout_s: float 
         except UndecodableEvent as exc:
             raise CorruptLedger(f"{topic}[{record.partition}]@{record.offset}: {exc.reason}") from None
         payees.setdefault(event.payee_id, PayeeEarnings(event.payee_id)).apply(event)
+        if close_ids is not None and event.event_type in CLOSE_TYPES:
+            close_ids.add(event.envelope.event_id)
     return payees
+
+
+def unchained_closes(bootstrap: str, commands_topic: str, chained: set[str], codec: EventCodec) -> list[Event]:
+    """Close decisions waiting in ledger.commands that are not in the ledger yet.
+
+    Deciding again while they wait could decide a period twice with different content, and base later
+    periods on a close that the sequencer then refuses; so a run waits for them to be chained.
+    """
+    waiting = []
+    for record in read_topic(bootstrap, commands_topic):
+        try:
+            event = codec.decode(record.value or b"")
+        except UndecodableEvent:
+            continue  # the sequencer dead-letters it; it is no decision of ours
+        if event.event_type in CLOSE_TYPES and event.envelope.event_id not in chained:
+            waiting.append(event)
+    return waiting
 
 
 @dataclass(frozen=True)

@@ -117,3 +117,19 @@ def test_emergency_stop_requests_nothing_until_resumed(settings, tmp_path):
     ledger_cli(env, "payouts", "resume", "--reason", "incident over")
     resumed = json.loads(ledger_cli(env, "run", "--at", "2026-11-21T01:00:00Z", "--json").stdout)
     assert resumed["payouts_requested"] == 1 and resumed["closes"][0]["net"] == 8_000  # accrued earnings kept
+
+
+def test_a_run_waits_for_the_previous_runs_closes_to_be_chained(settings, tmp_path):
+    env = env_for(settings, tmp_path)
+    with LedgerClient(settings.kafka_bootstrap, settings) as client:
+        client.record_batch([pay("w1", "w-1", 10_000, "USD", "2026-11-20T10:00:00Z")])  # default: Fridays 23:59 UTC
+    run_sequencer(settings)
+    first = json.loads(ledger_cli(env, "run", "--at", "2026-11-21T01:00:00Z", "--json").stdout)
+    assert first["payouts_requested"] == 1
+
+    second = subprocess.run([LEDGER, "run", "--at", "2026-11-21T01:00:00Z"], env=env, capture_output=True,
+                            text=True, timeout=60)
+    assert second.returncode == 1 and "1 close decisions from an earlier run are not in the ledger yet" in second.stderr
+    run_sequencer(settings)
+    again = json.loads(ledger_cli(env, "run", "--at", "2026-11-21T01:00:00Z", "--json").stdout)
+    assert again["payouts_requested"] == 0  # chained now, and nothing else is due
