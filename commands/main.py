@@ -68,8 +68,8 @@ def cli() -> None:
 
 def _register() -> None:
     from commands import (
-        aggregator_command, dlq, payee_commands, payouts_command, publish, quote, run_command, schemas_command,
-        sequencer_command,
+        aggregator_command, dlq, payee_commands, payout_now, payouts_command, publish, quote, run_command,
+        schemas_command, sequencer_command,
         smoke, stack_commands,
     )
 
@@ -88,6 +88,7 @@ def _register() -> None:
     cli.add_command(aggregator_command.aggregator)
     cli.add_command(aggregator_command.tick)
     cli.add_command(payouts_command.payouts)
+    cli.add_command(payout_now.payout)
 
 
 _register()

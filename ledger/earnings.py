@@ -37,6 +37,10 @@ def close_id(payee_id: str, period_id: str, currency: str) -> str:
     return str(uuid.uuid5(PAYOUT_NAMESPACE, f"{payee_id}\x1f{period_id}\x1f{currency}"))
 
 
+class ManualPayoutRefused(ValueError):
+    """An early payout cannot be made; the message says why."""
+
+
 @dataclass(frozen=True)
 class PayoutPolicy:
     """Defaults for payees that have not set their own (settings)."""
@@ -235,8 +239,24 @@ class PayeeEarnings:
             events.append(self._close_event(currency, lines, start, cutoff, now, book, policy))
         return events
 
+    def decide_manual_payout(self, now: datetime, currency: str, request_id: str, book: PlanBook,
+                             policy: PayoutPolicy) -> Event:
+        """An early payout on request (seed 001): everything earned up to now in one currency, paid if
+        positive, whatever the minimum. Raises ManualPayoutRefused when nothing can be paid."""
+        if self.held:
+            raise ManualPayoutRefused(f"{self.payee_id} is on hold: release it first")
+        lines = [line for line in self.lines if line.currency == currency and line.occurred_at <= now]
+        start = self.closed_through or min((line.occurred_at for line in lines), default=now)
+        event = self._close_event(currency, lines, start, now, now, book, policy,
+                                  period_id=f"manual:{request_id}", manual=True)
+        if event.event_type != "PayoutRequested":
+            owed = event.payload["balance"]
+            raise ManualPayoutRefused(f"{self.payee_id} is owed {owed} in {currency}: nothing to pay out")
+        return event
+
     def _close_event(self, currency: str, lines: list[EarningLine], start: datetime, cutoff: datetime,
-                     now: datetime, book: PlanBook, policy: PayoutPolicy) -> Event:
+                     now: datetime, book: PlanBook, policy: PayoutPolicy, *, period_id: str | None = None,
+                     manual: bool = False) -> Event:
         plan, method = self.plan or policy.plan, self.method or policy.method
         gross = Money.of(sum(line.gross_minor for line in lines), currency)
         deductions: dict[str, Money] = {}
@@ -249,7 +269,7 @@ class PayeeEarnings:
         carry_in = Money.of(self.unpaid.get(currency, 0), currency)
         total = carry_in + breakdown.net
         payment_ids = sorted(line.payment_id for line in lines if line.payment_id is not None)
-        period_id = cutoff.strftime("%Y-%m-%dT%H:%MZ")
+        period_id = period_id or cutoff.strftime("%Y-%m-%dT%H:%MZ")
         common = {
             "period_id": period_id, "period_start": start, "period_end": cutoff, "plan": plan,
             "payout_method": method, "gross": gross, "services": breakdown.services, "rate_bp": breakdown.rate_bp,
@@ -264,10 +284,10 @@ class PayeeEarnings:
         identity = close_id(self.payee_id, period_id, currency)
         minimum = self._minimum(currency, policy)
         reason = "HELD" if self.held else "NOT_POSITIVE" if total.amount_minor <= 0 else (
-            "BELOW_MINIMUM" if total < minimum else None)
+            "BELOW_MINIMUM" if total < minimum and not manual else None)
         if reason is None:
             event_type = "PayoutRequested"
-            payload = {**common, "payout_id": identity, "trigger": "SCHEDULE", "net": total,
+            payload = {**common, "payout_id": identity, "trigger": "MANUAL" if manual else "SCHEDULE", "net": total,
                        "payment_ids": payment_ids if len(payment_ids) <= PAYMENT_IDS_INLINE_MAX else []}
         else:
             event_type = "BalanceCarried"

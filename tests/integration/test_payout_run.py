@@ -133,3 +133,27 @@ def test_a_run_waits_for_the_previous_runs_closes_to_be_chained(settings, tmp_pa
     run_sequencer(settings)
     again = json.loads(ledger_cli(env, "run", "--at", "2026-11-21T01:00:00Z", "--json").stdout)
     assert again["payouts_requested"] == 0  # chained now, and nothing else is due
+
+
+def test_early_payout_on_request_pays_below_the_minimum_once(settings, tmp_path):
+    env = env_for(settings, tmp_path)
+    with LedgerClient(settings.kafka_bootstrap, settings) as client:
+        client.record_batch([pay("m1", "m-1", 1_000, "USD", "2026-11-20T10:00:00Z")])  # 8.00 owed: below 25.00
+    run_sequencer(settings)
+    first = json.loads(ledger_cli(env, "payout", "now", "m-1", "--currency", "USD", "--request-id", "req-1",
+                                  "--json").stdout)
+    assert first["net"] == 800
+    run_sequencer(settings)
+    retry = subprocess.run([LEDGER, "payout", "now", "m-1", "--currency", "USD", "--request-id", "req-1"], env=env,
+                           capture_output=True, text=True, timeout=60)
+    assert retry.returncode == 1 and "nothing to pay out" in retry.stderr  # already paid: the balance is zero
+    requested = [e for e, _ in ledger_events(settings) if e.event_type == "PayoutRequested"]
+    assert [(e.payload["trigger"], e.payload["net"].amount_minor) for e in requested] == [("MANUAL", 800)]
+    # the next scheduled close starts after the early payout: nothing is paid twice
+    assert json.loads(ledger_cli(env, "run", "--at", "2026-12-31T00:00:00Z", "--json").stdout)["closes"] == []
+
+    ledger_cli(env, "payee", "hold", "m-1", "--reason", "review")
+    run_sequencer(settings)
+    held = subprocess.run([LEDGER, "payout", "now", "m-1", "--currency", "USD"], env=env, capture_output=True,
+                          text=True, timeout=60)
+    assert held.returncode == 1 and "is on hold" in held.stderr
