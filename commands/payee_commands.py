@@ -9,21 +9,15 @@ import click
 from commands.output import console, emit_json, fail
 from ledger.codec import EventCodec
 from ledger.commission import UnknownPlan
-from ledger.events import Event, new_envelope
-from ledger.intake import ID_PATTERN, ID_RULE
+from ledger.events import Event
 from ledger.money import InvalidAmount, Money
 from ledger.currencies import UnknownCurrency
-from ledger.schedules import InvalidSchedule, Schedule
+from ledger.schedules import InvalidSchedule
+from processors.payee_actions import hold_event, schedule_event
 from processors.payout_run import send_commands
 from runtime.plans import plan_book
 from runtime.settings import Settings
 from runtime.stack import connections
-
-
-def _payee(payee_id: str) -> str:
-    if not ID_PATTERN.fullmatch(payee_id):
-        fail(f"PAYEE_ID {payee_id!r} is not a valid id: {ID_RULE}")
-    return payee_id
 
 
 def _send(settings: Settings, event: Event, as_json: bool, message: str) -> None:
@@ -60,24 +54,18 @@ def set_schedule(payee_id: str, frequency: str, cutoff_time: str, zone: str, day
     """Record a PayeeScheduleSet for PAYEE_ID; the next payout run uses it."""
     settings = Settings()
     try:
-        Schedule.create(frequency.upper(), cutoff_time=cutoff_time, timezone=zone, day_of_week=day_of_week,
-                        day_of_month=day_of_month)
-        book = plan_book(settings)
-        book.plan(plan_name)
-        book.fee_rule(method)
         minimum_money = None
         if minimum is not None:
             code, separator, major = minimum.partition(":")
             if not separator:
                 fail(f"--minimum {minimum!r}: expected CODE:MAJOR, e.g. USD:25.00")
             minimum_money = Money.from_major(major, code)
+        event = schedule_event(payee_id, frequency=frequency, cutoff_time=cutoff_time, timezone=zone, plan=plan_name,
+                               method=method, book=plan_book(settings), now=datetime.now(timezone.utc),
+                               day_of_week=day_of_week, day_of_month=day_of_month, destination=destination,
+                               minimum=minimum_money, actor=actor)
     except (InvalidSchedule, UnknownPlan, InvalidAmount, UnknownCurrency) as exc:
         fail(str(exc))
-    now = datetime.now(timezone.utc)
-    event = Event(new_envelope("PayeeScheduleSet", payee_id=_payee(payee_id), occurred_at=now, recorded_at=now), {
-        "frequency": frequency.upper(), "day_of_week": day_of_week, "day_of_month": day_of_month,
-        "cutoff_time": cutoff_time, "timezone": zone, "plan": plan_name, "payout_method": method,
-        "destination": destination, "minimum_payout": minimum_money, "actor": actor})
     _send(settings, event, as_json, f"schedule of {payee_id}: {frequency.upper()} at {cutoff_time} {zone}, "
                                     f"{plan_name}, {method}")
 
@@ -88,9 +76,10 @@ def payee() -> None:
 
 
 def _hold(payee_id: str, held: bool, reason: str, actor: str, as_json: bool) -> None:
-    now = datetime.now(timezone.utc)
-    event = Event(new_envelope("PayeeHoldSet", payee_id=_payee(payee_id), occurred_at=now, recorded_at=now),
-                  {"held": held, "reason": reason, "actor": actor})
+    try:
+        event = hold_event(payee_id, held=held, now=datetime.now(timezone.utc), reason=reason, actor=actor)
+    except InvalidSchedule as exc:
+        fail(str(exc))
     _send(Settings(), event, as_json, f"{payee_id} {'held' if held else 'released'}")
 
 

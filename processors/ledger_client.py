@@ -14,7 +14,10 @@ from typing import Any, Callable, Iterable, Mapping
 from ledger.codec import EventCodec
 from ledger.events import Event
 from ledger.intake import IntakeLimits, IntakeRejected, parse_record
+from ledger.money import Money
 from processors.kafka_io import DeliveryFailed, DeliveryTracker, flush_or_raise, make_producer
+from processors.payee_actions import hold_event, schedule_event
+from processors.payout_run import send_commands
 from runtime.settings import Settings
 
 Clock = Callable[[], datetime]
@@ -42,6 +45,7 @@ class LedgerClient:
         self.limits = limits or self.settings.intake_limits()
         self.codec = codec or EventCodec()
         self.clock = clock
+        self._bootstrap = bootstrap
         self._producer = make_producer(bootstrap)
         self._tracker = DeliveryTracker()
         self._sent = 0
@@ -107,6 +111,25 @@ class LedgerClient:
                              "kind": kind, "name": name, "amount_minor": amount_minor, "currency": currency,
                              "occurred_at": occurred_at, "reason": reason, "actor": actor,
                              "metadata": dict(metadata or {})}, wait)
+
+    def set_schedule(self, payee_id: str, *, frequency: str, cutoff_time: str, timezone: str, plan: str,
+                     method: str, day_of_week: int | None = None, day_of_month: int | None = None,
+                     destination: str = "", minimum: Money | None = None, actor: str = "") -> str:
+        """Record a payee's payout schedule, plan and method (validated; raises InvalidSchedule/UnknownPlan)."""
+        from runtime.plans import plan_book
+
+        event = schedule_event(payee_id, frequency=frequency, cutoff_time=cutoff_time, timezone=timezone, plan=plan,
+                               method=method, book=plan_book(self.settings), now=self.clock(),
+                               day_of_week=day_of_week, day_of_month=day_of_month, destination=destination,
+                               minimum=minimum, actor=actor)
+        send_commands(self._bootstrap, self.settings.topic_commands, [event], self.codec)
+        return event.envelope.event_id
+
+    def set_hold(self, payee_id: str, *, held: bool, reason: str = "", actor: str = "") -> str:
+        """Hold (held=True) or release a payee's payouts; periods still close, balances carry while held."""
+        event = hold_event(payee_id, held=held, now=self.clock(), reason=reason, actor=actor)
+        send_commands(self._bootstrap, self.settings.topic_commands, [event], self.codec)
+        return event.envelope.event_id
 
     def record_batch(self, records: Iterable[Mapping[str, Any]]) -> BatchResult:
         """Validate and send many records, then wait for all acknowledgements; bad ones are listed, not sent."""

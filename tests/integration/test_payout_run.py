@@ -157,3 +157,24 @@ def test_early_payout_on_request_pays_below_the_minimum_once(settings, tmp_path)
     held = subprocess.run([LEDGER, "payout", "now", "m-1", "--currency", "USD"], env=env, capture_output=True,
                           text=True, timeout=60)
     assert held.returncode == 1 and "is on hold" in held.stderr
+
+
+def test_the_library_sets_schedules_and_holds_with_validation(settings, tmp_path):
+    import pytest
+
+    from ledger.commission import UnknownPlan
+    from ledger.schedules import InvalidSchedule
+
+    with LedgerClient(settings.kafka_bootstrap, settings) as client:
+        client.set_schedule("lib-1", frequency="MONTHLY", cutoff_time="18:00", timezone="Europe/Paris", day_of_month=31,
+                            plan="tiered-services", method="stripe_standard")
+        client.set_hold("lib-1", held=True, reason="kyc")
+        with pytest.raises(InvalidSchedule, match="timezone"):
+            client.set_schedule("lib-1", frequency="DAILY", cutoff_time="18:00", timezone="Mars/Olympus",
+                                plan="flat-80", method="manual")
+        with pytest.raises(UnknownPlan, match="unknown payout method 'paypal'"):
+            client.set_schedule("lib-1", frequency="DAILY", cutoff_time="18:00", timezone="UTC", plan="flat-80",
+                                method="paypal")
+    run_sequencer(settings)
+    types = [e.event_type for e, _ in ledger_events(settings)]
+    assert types == ["PayeeScheduleSet", "PayeeHoldSet"]
