@@ -66,7 +66,7 @@ def _sequence(settings: Settings, bootstrap: str, database_url: str, expected: i
     try:
         with single_instance(database_url, f"sequencer:{settings.topic_events}"):
             Sequencer(settings, bootstrap, codec=codec).run(idle_exit_s=1.0, handle_signals=False)
-            return "in this process"
+            return "this process"
     except AlreadyRunning:
         def handled() -> bool:
             appended = sum(1 for record in read_topic(bootstrap, settings.topic_events)

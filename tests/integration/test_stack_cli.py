@@ -72,7 +72,7 @@ def test_embedded_stack_lifecycle(embedded_env):
     smoke = run_json(embedded_env, "smoke", "--payments", "40", "--seed", "7")
     assert smoke["ok"] and smoke["chain_breaks"] == 0
     assert (smoke["events_appended"], smoke["dead_lettered"]) == (42, 2)  # 40 payments + 2 refunds; 2 malformed
-    assert smoke["sequenced_by"] == "in this process"
+    assert smoke["sequenced_by"] == "this process"
 
     assert run_json(embedded_env, "down")["stopped"] == ["broker", "postgres"]
     assert not pid_is_alive(status["broker"]["pid"]) and not pid_is_alive(status["postgres"]["pid"])
