@@ -1,0 +1,33 @@
+"""Which provider failures are worth an automatic retry, and which need a person (new account details).
+
+Retryable: timeouts, connection errors, rate limits (429, honouring Retry-After), provider errors
+(5xx), and Stripe's could_not_process and insufficient_funds (seed 001, ARCHITECTURE.md). Everything
+else fails at once: invalid or closed accounts, accounts not verified, invalid amounts, missing
+permissions and the other Stripe failure codes.
+"""
+
+from __future__ import annotations
+
+from connectors.base import Outcome, TransferResult
+
+RETRYABLE_CODES = frozenset({
+    "timeout", "connection_error", "rate_limited", "provider_error", "provider_unavailable",
+    "could_not_process", "insufficient_funds", "balance_insufficient",
+})
+PERMANENT_CODES = frozenset({
+    "account_closed", "account_frozen", "bank_account_restricted", "bank_ownership_changed", "debit_not_authorized",
+    "declined", "invalid_account_number", "incorrect_account_holder_name", "incorrect_account_holder_address",
+    "incorrect_account_holder_tax_id", "invalid_currency", "no_account", "unsupported_card", "account_invalid",
+    "account_not_verified", "invalid_amount", "insufficient_permissions", "authentication_failed",
+    "idempotency_conflict",
+})
+
+
+def is_retryable(reason_code: str) -> bool:
+    """Unknown codes are permanent: an automatic retry must be a decision, never a default."""
+    return reason_code in RETRYABLE_CODES
+
+
+def failed(reason_code: str, message: str = "", retry_after_s: float | None = None) -> TransferResult:
+    return TransferResult(Outcome.FAILED, reason_code=reason_code, message=message,
+                          retryable=is_retryable(reason_code), retry_after_s=retry_after_s)

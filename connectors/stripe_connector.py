@@ -1,0 +1,79 @@
+"""Stripe Connect: a transfer to the payee's connected account (and, for stripe_instant, an instant payout).
+
+Every call carries Idempotency-Key = payout id (ARCHITECTURE.md invariant 3), so a retry after a
+timeout or a crash can never create a second transfer; a lookup finds an earlier transfer by its
+transfer_group (the payout id). The SDK's own retries are off: retries are the processor's decision.
+"""
+
+from __future__ import annotations
+
+import stripe
+
+from connectors.base import Outcome, TransferRequest, TransferResult
+from connectors.classification import failed
+
+
+def classify(exc: stripe.StripeError) -> TransferResult:
+    """A Stripe SDK exception as a classified failure."""
+    message = str(getattr(exc, "user_message", None) or exc)
+    if isinstance(exc, stripe.RateLimitError):
+        retry_after = (exc.headers or {}).get("retry-after") or (exc.headers or {}).get("Retry-After")
+        return failed("rate_limited", message, float(retry_after) if retry_after else None)
+    if isinstance(exc, stripe.APIConnectionError):
+        return failed("timeout" if "timed out" in message.lower() or "timeout" in message.lower()
+                      else "connection_error", message)
+    if isinstance(exc, stripe.IdempotencyError):
+        return failed("idempotency_conflict", message)
+    if isinstance(exc, stripe.AuthenticationError):
+        return failed("authentication_failed", message)
+    if isinstance(exc, stripe.PermissionError):
+        return failed("insufficient_permissions", message)
+    if isinstance(exc, stripe.InvalidRequestError):
+        return failed(exc.code or "invalid_request", message)
+    if isinstance(exc, stripe.APIError) or (exc.http_status or 0) >= 500:
+        return failed("provider_error", message)
+    return failed(getattr(exc, "code", None) or "provider_error", message)
+
+
+class StripeConnector:
+    name = "stripe"
+
+    def __init__(self, api_key: str, api_base: str | None = None, timeout_s: float = 30.0) -> None:
+        self._client = stripe.StripeClient(
+            api_key, base_addresses={"api": api_base} if api_base else None, max_network_retries=0,
+            http_client=stripe.new_default_http_client(timeout=timeout_s),
+        )
+
+    def submit(self, request: TransferRequest) -> TransferResult:
+        try:
+            transfer = self._client.v1.transfers.create(
+                params={"amount": request.amount.amount_minor, "currency": request.amount.currency.code.lower(),
+                        "destination": request.destination, "transfer_group": request.payout_id,
+                        "metadata": {"payout_id": request.payout_id, "payee_id": request.payee_id}},
+                options={"idempotency_key": request.payout_id},
+            )
+        except stripe.StripeError as exc:
+            return classify(exc)
+        if request.method != "stripe_instant":
+            return TransferResult(Outcome.SETTLED, provider_reference=transfer.id)
+        return self._instant_payout(request, transfer.id)
+
+    def _instant_payout(self, request: TransferRequest, transfer_id: str) -> TransferResult:
+        try:
+            payout = self._client.v1.payouts.create(
+                params={"amount": request.amount.amount_minor, "currency": request.amount.currency.code.lower(),
+                        "method": "instant", "metadata": {"payout_id": request.payout_id}},
+                options={"idempotency_key": f"{request.payout_id}:instant", "stripe_account": request.destination},
+            )
+        except stripe.StripeError as exc:
+            return classify(exc)
+        return TransferResult(Outcome.PENDING, provider_reference=f"{transfer_id}/{payout.id}")
+
+    def lookup(self, request: TransferRequest) -> TransferResult | None:
+        try:
+            found = self._client.v1.transfers.list(params={"transfer_group": request.payout_id, "limit": 1})
+        except stripe.StripeError as exc:
+            return classify(exc)
+        if not found.data:
+            return None
+        return TransferResult(Outcome.SETTLED, provider_reference=found.data[0].id)
