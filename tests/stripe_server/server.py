@@ -1,0 +1,811 @@
+"""A small, stateful, Stripe-API-compatible HTTP test double (stdlib only).
+
+Drive the *real* ``stripe`` SDK against it::
+
+    with StripeTestServer() as srv:
+        acct = srv.create_account(balance=10_000)
+        client = stripe.StripeClient(
+            "sk_test_x", base_addresses={"api": srv.url}, max_network_retries=0
+        )
+        tr = client.v1.transfers.create(
+            params={"amount": 100, "currency": "usd", "destination": acct},
+            options={"idempotency_key": "payout-1"},
+        )
+
+Semantics implemented (mirroring Stripe where it matters for us):
+
+* Auth: every ``/v1`` request needs ``Authorization: Bearer sk_test_...``,
+  otherwise 401 ``invalid_request_error`` (SDK -> ``AuthenticationError``).
+* Idempotency (POST only, like Stripe; the SDK only sends keys on POST):
+  keys are scoped by (api key, Stripe-Account header, key).  The FIRST
+  response that the endpoint produced once it started executing (any status
+  code, including a 500 from an injected ``server_error`` or
+  ``accepted_then_500`` fault, and business errors such as ``no_account``)
+  is stored and replayed verbatim with header ``Idempotent-Replayed: true``.
+  Real Stripe keeps such results (including 500s) for 24 hours; here they
+  live until ``reset()``.
+  NOT stored (so the key can be used again): 401, 429 (``rate_limit``
+  fault), parameter-validation 400s (missing/invalid params - Stripe: "if
+  incoming parameters failed validation ... no idempotent result is saved"),
+  409 concurrent-use responses and ``drop`` faults.
+  Same key + different method/path/params -> 400 ``idempotency_error``.
+  Same key while the first request is still executing -> 409
+  ``idempotency_error`` code ``idempotency_key_in_use`` (SDK retries 409s).
+  Keys longer than 255 chars -> 400 ``invalid_request_error``.
+* Insufficient balance uses Stripe's real code ``balance_insufficient``
+  (type ``invalid_request_error``, HTTP 400), not ``insufficient_funds``.
+  An account's ``balance`` (if not None) is the amount still transferable to
+  it; each successful transfer decrements it.
+* Faults (``inject``) - matched on method + path prefix, consumed FIFO for
+  the next ``times`` matching requests:
+    - ``rate_limit``: 429 ``rate_limit_error`` + ``Retry-After``; checked
+      before idempotency (like Stripe's rate limiter), never stored.
+    - ``drop``: the connection is closed without any response; nothing is
+      executed or stored.
+    - ``accepted_then_drop``: the object is created and the response stored
+      for the key, then the connection is closed without a response.
+    - ``slow``: after the idempotency key is locked, sleep ``delay_s`` then
+      handle normally (the result is stored even if the client gave up).
+    - ``server_error``: 500 ``api_error`` without executing; stored for the
+      key (a replay returns the same 500).  Only consumed by requests that
+      would actually execute (not by replays).
+    - ``accepted_then_500``: executes (creates the object) then answers 500;
+      the stored/replayed response is that 500 (what was sent).
+  ``should_retry=True/False`` adds ``Stripe-Should-Retry`` to the fault
+  response; the stripe SDK obeys that header before anything else.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import re
+import secrets
+import threading
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any, Dict, List, Optional, Tuple
+
+FAULT_KINDS = (
+    "rate_limit",
+    "server_error",
+    "slow",
+    "drop",
+    "accepted_then_500",
+    "accepted_then_drop",
+)
+PAYOUT_STATUSES = ("pending", "in_transit", "paid", "failed", "canceled")
+MAX_IDEMPOTENCY_KEY_LEN = 255
+
+_ALNUM = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789"
+
+
+def _new_id(prefix: str) -> str:
+    return prefix + "".join(secrets.choice(_ALNUM) for _ in range(24))
+
+
+class _ApiError(Exception):
+    """An error response; ``store`` says whether idempotency may keep it."""
+
+    def __init__(self, status: int, type_: str, message: str, code: Optional[str] = None,
+                 param: Optional[str] = None, store: bool = True,
+                 headers: Optional[Dict[str, str]] = None):
+        super().__init__(message)
+        self.status = status
+        self.store = store
+        self.headers = headers or {}
+        err: Dict[str, Any] = {"type": type_, "message": message}
+        if code:
+            err["code"] = code
+        if param:
+            err["param"] = param
+        self.body = {"error": err}
+
+
+def _invalid(message, code=None, param=None, status=400, store=True):
+    return _ApiError(status, "invalid_request_error", message, code, param, store)
+
+
+def _param_error(message, param, code="parameter_invalid"):
+    # Validation failures: never stored for idempotency (Stripe semantics).
+    return _invalid(message, code=code, param=param, store=False)
+
+
+def decode_form(body: str) -> Dict[str, Any]:
+    """Decode Stripe-style nested form encoding (a[b][c]=v, a[0]=v)."""
+    result: Dict[str, Any] = {}
+    for key, value in urllib.parse.parse_qsl(body, keep_blank_values=True):
+        m = re.match(r"^([^\[\]]+)((?:\[[^\[\]]*\])*)$", key)
+        if not m:
+            result[key] = value
+            continue
+        parts = [m.group(1)] + re.findall(r"\[([^\[\]]*)\]", m.group(2))
+        node: Any = result
+        for i, part in enumerate(parts):
+            last = i == len(parts) - 1
+            if isinstance(node, list):
+                if part == "" or part.isdigit():
+                    idx = len(node) if part == "" else int(part)
+                    while len(node) <= idx:
+                        node.append(None)
+                    if last:
+                        node[idx] = value
+                    else:
+                        if node[idx] is None:
+                            node[idx] = [] if (parts[i + 1] == "" or parts[i + 1].isdigit()) else {}
+                        node = node[idx]
+                    continue
+                break  # malformed mixture; ignore
+            if last:
+                node[part] = value
+            else:
+                nxt = parts[i + 1]
+                if part not in node or not isinstance(node[part], (dict, list)):
+                    node[part] = [] if (nxt == "" or nxt.isdigit()) else {}
+                node = node[part]
+    return result
+
+
+class _Fault:
+    def __init__(self, kind, path_prefix, method, times, retry_after_s, delay_s, should_retry, status):
+        self.kind = kind
+        self.path_prefix = path_prefix
+        self.method = method.upper() if method else None
+        self.remaining = times
+        self.retry_after_s = retry_after_s
+        self.delay_s = delay_s
+        self.should_retry = should_retry
+        self.status = status
+
+    def matches(self, method: str, path: str) -> bool:
+        return (
+            self.remaining > 0
+            and (self.method is None or self.method == method)
+            and path.startswith(self.path_prefix)
+        )
+
+
+class StripeTestServer:
+    """Stateful Stripe API double. See module docstring for semantics."""
+
+    def __init__(self, port: int = 0, host: str = "127.0.0.1"):
+        self._host = host
+        self._port = port
+        self._lock = threading.RLock()
+        self._idle = threading.Condition(self._lock)
+        self._httpd: Optional[ThreadingHTTPServer] = None
+        self._thread: Optional[threading.Thread] = None
+        self._in_flight = 0
+        self._init_state()
+
+    # ------------------------------------------------------------ lifecycle
+    def _init_state(self):
+        self._accounts: Dict[str, Dict[str, Any]] = {}
+        self._transfers: Dict[str, Dict[str, Any]] = {}
+        self._payouts: Dict[str, Dict[str, Any]] = {}
+        # scope -> {"fingerprint", "status", "body", "headers", "key"} or in-flight marker
+        self._idem: Dict[Tuple[str, str, str], Dict[str, Any]] = {}
+        self._creations: Dict[str, int] = {}
+        self._log: List[Tuple[str, str, Optional[str], int]] = []
+        self._faults: List[_Fault] = []
+
+    def start(self) -> "StripeTestServer":
+        if self._httpd is not None:
+            return self
+        server = self
+
+        class Handler(_Handler):
+            stripe_server = server
+
+        httpd = ThreadingHTTPServer((self._host, self._port), Handler)
+        httpd.daemon_threads = True
+        self._httpd = httpd
+        self._thread = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.05},
+                                        name="stripe-test-server", daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        if self._httpd is None:
+            return
+        self._httpd.shutdown()
+        self._httpd.server_close()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+        self._httpd = None
+        self._thread = None
+
+    def __enter__(self) -> "StripeTestServer":
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+    @property
+    def port(self) -> int:
+        assert self._httpd is not None, "server not started"
+        return self._httpd.server_address[1]
+
+    @property
+    def url(self) -> str:
+        return f"http://{self._host}:{self.port}"
+
+    # ------------------------------------------------------ control (Python)
+    def reset(self) -> None:
+        with self._lock:
+            self._init_state()
+
+    def create_account(self, account_id: Optional[str] = None, payouts_enabled: bool = True,
+                       balance: Optional[int] = None, metadata: Optional[dict] = None) -> str:
+        with self._lock:
+            acct_id = account_id or _new_id("acct_")
+            self._accounts[acct_id] = {
+                "id": acct_id,
+                "object": "account",
+                "type": "express",
+                "charges_enabled": True,
+                "payouts_enabled": bool(payouts_enabled),
+                "details_submitted": True,
+                "country": "US",
+                "default_currency": "usd",
+                "metadata": dict(metadata or {}),
+                "created": int(time.time()),
+                "_balance": balance,
+            }
+            return acct_id
+
+    def update_account(self, account_id: str, **changes) -> None:
+        """Change payouts_enabled / balance / metadata of an existing account."""
+        with self._lock:
+            acct = self._accounts[account_id]
+            if "balance" in changes:
+                acct["_balance"] = changes.pop("balance")
+            acct.update(changes)
+
+    def account_balance(self, account_id: str) -> Optional[int]:
+        with self._lock:
+            return self._accounts[account_id]["_balance"]
+
+    def inject(self, path_prefix: str = "/v1/", method: Optional[str] = "POST", kind: str = "server_error",
+               times: int = 1, retry_after_s: float = 1, delay_s: float = 1.0,
+               should_retry: Optional[bool] = None, status: Optional[int] = None) -> None:
+        if kind not in FAULT_KINDS:
+            raise ValueError(f"unknown fault kind {kind!r}; expected one of {FAULT_KINDS}")
+        with self._lock:
+            self._faults.append(_Fault(kind, path_prefix, method, int(times), retry_after_s,
+                                       delay_s, should_retry, status))
+
+    def clear_faults(self) -> None:
+        with self._lock:
+            self._faults.clear()
+
+    def pending_faults(self) -> List[Tuple[str, str, int]]:
+        with self._lock:
+            return [(f.kind, f.path_prefix, f.remaining) for f in self._faults if f.remaining > 0]
+
+    def transfers(self) -> List[Dict[str, Any]]:
+        with self._lock:
+            return [json.loads(json.dumps(t)) for t in self._transfers.values()]
+
+    def payouts(self) -> List[Dict[str, Any]]:
+        with self._lock:
+            return [json.loads(json.dumps(p)) for p in self._payouts.values()]
+
+    def creations_by_key(self) -> Dict[str, int]:
+        with self._lock:
+            return dict(self._creations)
+
+    def requests_log(self) -> List[Tuple[str, str, Optional[str], int]]:
+        """(method, path, idempotency_key, status); status 0 = connection dropped."""
+        with self._lock:
+            return list(self._log)
+
+    def set_payout_status(self, payout_id: str, status: str, failure_code: Optional[str] = None,
+                          failure_message: Optional[str] = None) -> Dict[str, Any]:
+        if status not in PAYOUT_STATUSES:
+            raise ValueError(f"bad payout status {status!r}")
+        with self._lock:
+            po = self._payouts[payout_id]
+            po["status"] = status
+            if status == "failed":
+                po["failure_code"] = failure_code or "could_not_process"
+                po["failure_message"] = failure_message or f"Payout failed: {po['failure_code']}"
+            else:
+                po["failure_code"] = None
+                po["failure_message"] = None
+            return json.loads(json.dumps(po))
+
+    def wait_idle(self, timeout: float = 10.0) -> bool:
+        """Block until no request is being handled (e.g. a ``slow`` one)."""
+        deadline = time.monotonic() + timeout
+        with self._idle:
+            while self._in_flight:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return False
+                self._idle.wait(left)
+            return True
+
+    # ------------------------------------------------------------- webhooks
+    @staticmethod
+    def sign_webhook(payload: bytes | str, secret: str, timestamp: Optional[int] = None) -> str:
+        if isinstance(payload, bytes):
+            payload = payload.decode("utf-8")
+        ts = int(time.time()) if timestamp is None else int(timestamp)
+        sig = hmac.new(secret.encode("utf-8"), f"{ts}.{payload}".encode("utf-8"), hashlib.sha256).hexdigest()
+        return f"t={ts},v1={sig}"
+
+    @staticmethod
+    def event(type: str, data_object: Dict[str, Any], created: Optional[int] = None,
+              event_id: Optional[str] = None, account: Optional[str] = None) -> bytes:
+        evt: Dict[str, Any] = {
+            "id": event_id or _new_id("evt_"),
+            "object": "event",
+            "api_version": "2024-06-20",
+            "type": type,
+            "created": int(time.time()) if created is None else int(created),
+            "livemode": False,
+            "pending_webhooks": 1,
+            "request": {"id": None, "idempotency_key": None},
+            "data": {"object": data_object},
+        }
+        if account:
+            evt["account"] = account
+        return json.dumps(evt).encode("utf-8")
+
+    @classmethod
+    def send_webhook(cls, url: str, payload: bytes, secret: str, timestamp: Optional[int] = None,
+                     timeout: float = 5.0) -> int:
+        req = urllib.request.Request(
+            url, data=payload, method="POST",
+            headers={"Content-Type": "application/json; charset=utf-8",
+                     "Stripe-Signature": cls.sign_webhook(payload, secret, timestamp),
+                     "User-Agent": "Stripe/1.0 (+https://stripe.com/docs/webhooks)"})
+        try:
+            with urllib.request.urlopen(req, timeout=timeout) as resp:
+                return resp.status
+        except urllib.error.HTTPError as e:
+            return e.code
+
+    # ------------------------------------------------------ request handling
+    def _take_fault(self, method: str, path: str, kinds) -> Optional[_Fault]:
+        with self._lock:
+            for f in self._faults:
+                if f.kind in kinds and f.matches(method, path):
+                    f.remaining -= 1
+                    return f
+            return None
+
+    def _enter(self):
+        with self._lock:
+            self._in_flight += 1
+
+    def _exit(self):
+        with self._idle:
+            self._in_flight -= 1
+            self._idle.notify_all()
+
+    def _log_request(self, method, path, key, status):
+        with self._lock:
+            self._log.append((method, path, key, status))
+
+    def handle(self, method: str, path: str, query: Dict[str, Any], params: Dict[str, Any],
+               headers) -> Tuple[int, Dict[str, Any], Dict[str, str], Optional[str]]:
+        """Returns (status, body, extra_headers, action) with action None/"drop"."""
+        key = headers.get("Idempotency-Key")
+        auth = headers.get("Authorization") or ""
+        api_key = auth[len("Bearer "):].strip() if auth.startswith("Bearer ") else ""
+        if not api_key.startswith("sk_test_"):
+            msg = ("You did not provide an API key." if not api_key else
+                   f"Invalid API Key provided: {api_key[:8]}{'*' * max(0, len(api_key) - 8)}")
+            return 401, _invalid(msg, status=401).body, {}, None
+
+        fault = self._take_fault(method, path, ("rate_limit", "drop", "slow"))
+        if fault and fault.kind == "rate_limit":
+            hdrs = {"Retry-After": str(fault.retry_after_s)}
+            if fault.should_retry is not None:
+                hdrs["Stripe-Should-Retry"] = "true" if fault.should_retry else "false"
+            body = {"error": {"type": "rate_limit_error", "code": "rate_limit",
+                              "message": "Request rate limit exceeded. Learn more about rate limits here "
+                                         "https://stripe.com/docs/rate-limits."}}
+            return 429, body, hdrs, None
+        if fault and fault.kind == "drop":
+            return 0, {}, {}, "drop"
+
+        if method != "POST" or not key:
+            if fault and fault.kind == "slow":
+                time.sleep(fault.delay_s)
+            return self._execute(method, path, query, params, headers, key) + (None,)
+
+        if len(key) > MAX_IDEMPOTENCY_KEY_LEN:
+            return 400, _invalid(
+                f"Invalid idempotency key: keys must be at most {MAX_IDEMPOTENCY_KEY_LEN} characters long.",
+                param="Idempotency-Key").body, {}, None
+
+        scope = (api_key, headers.get("Stripe-Account") or "", key)
+        fingerprint = json.dumps([method, path, params], sort_keys=True)
+        with self._lock:
+            rec = self._idem.get(scope)
+            if rec is not None:
+                if rec["fingerprint"] != fingerprint:
+                    return 400, {"error": {
+                        "type": "idempotency_error",
+                        "message": "Keys for idempotent requests can only be used with the same parameters "
+                                   "they were first used with. Try using a key other than "
+                                   f"'{key}' if you meant to execute a different request."}}, {}, None
+                if rec["status"] is None:
+                    return 409, {"error": {
+                        "type": "idempotency_error", "code": "idempotency_key_in_use",
+                        "message": "There is currently another in-progress request using this Stripe "
+                                   "token (probably a duplicate of this one). Please try again later."}}, {}, None
+                hdrs = dict(rec["headers"])
+                hdrs["Idempotent-Replayed"] = "true"
+                return rec["status"], json.loads(rec["body"]), hdrs, None
+            self._idem[scope] = {"fingerprint": fingerprint, "status": None}
+
+        store = True
+        action = None
+        try:
+            if fault and fault.kind == "slow":
+                time.sleep(fault.delay_s)
+            f2 = self._take_fault(method, path, ("server_error", "accepted_then_500", "accepted_then_drop"))
+            if f2 is not None and f2.kind == "server_error":
+                status, body, hdrs = self._fault_500(f2)
+            else:
+                status, body, hdrs = self._execute(method, path, query, params, headers, key)
+                if f2 is not None and status < 400 and f2.kind == "accepted_then_500":
+                    status, body, hdrs = self._fault_500(f2)
+                elif f2 is not None and status < 400 and f2.kind == "accepted_then_drop":
+                    action = "drop"
+            store = hdrs.pop("_store", "1") == "1"
+        except BaseException:
+            with self._lock:
+                self._idem.pop(scope, None)
+            raise
+        with self._lock:
+            if store:
+                stored_hdrs = {k: v for k, v in hdrs.items()}
+                self._idem[scope] = {"fingerprint": fingerprint, "status": status,
+                                     "body": json.dumps(body), "headers": stored_hdrs}
+            else:
+                self._idem.pop(scope, None)
+        return status, body, hdrs, action
+
+    @staticmethod
+    def _fault_500(f: _Fault):
+        hdrs = {}
+        if f.should_retry is not None:
+            hdrs["Stripe-Should-Retry"] = "true" if f.should_retry else "false"
+        body = {"error": {"type": "api_error",
+                          "message": "An unknown error occurred (injected by StripeTestServer)."}}
+        return (f.status or 500), body, hdrs
+
+    def _execute(self, method, path, query, params, headers, key):
+        try:
+            status, body = self._route(method, path, query, params, headers, key)
+            return status, body, {}
+        except _ApiError as e:
+            hdrs = dict(e.headers)
+            hdrs["_store"] = "1" if e.store else "0"
+            return e.status, e.body, hdrs
+
+    # --------------------------------------------------------------- routes
+    def _route(self, method, path, query, params, headers, key):
+        parts = [p for p in path.split("/") if p]
+        if len(parts) >= 2 and parts[0] == "v1":
+            res = parts[1]
+            rest = parts[2:]
+            if res == "transfers":
+                if method == "POST" and not rest:
+                    return 200, self._create_transfer(params, key)
+                if method == "GET" and not rest:
+                    return 200, self._list_transfers(query)
+                if method == "GET" and len(rest) == 1:
+                    return 200, self._get(self._transfers, rest[0], "transfer")
+            elif res == "payouts":
+                if method == "POST" and not rest:
+                    return 200, self._create_payout(params, headers, key)
+                if method == "GET" and len(rest) == 1:
+                    with self._lock:
+                        po = self._payouts.get(rest[0])
+                        # Payouts are only visible with the same Stripe-Account header (Stripe Connect).
+                        if po is None or po["_account"] != (headers.get("Stripe-Account") or ""):
+                            raise _invalid(f"No such payout: '{rest[0]}'", code="resource_missing",
+                                           param="id", status=404)
+                        return 200, self._public(po)
+            elif res == "accounts":
+                if method == "GET" and len(rest) == 1:
+                    return 200, self._get(self._accounts, rest[0], "account")
+            elif res == "balance" and method == "GET" and not rest:
+                acct = headers.get("Stripe-Account")
+                amount = 0
+                if acct and acct in self._accounts:
+                    amount = self._accounts[acct]["_balance"] or 0
+                return 200, {"object": "balance", "livemode": False,
+                             "available": [{"amount": amount, "currency": "usd"}],
+                             "pending": [{"amount": 0, "currency": "usd"}]}
+        raise _invalid(f"Unrecognized request URL ({method}: {path}). Please see https://stripe.com/docs "
+                       "or we can help at https://support.stripe.com/.", status=404, store=False)
+
+    @staticmethod
+    def _public(obj: Dict[str, Any]) -> Dict[str, Any]:
+        return {k: v for k, v in json.loads(json.dumps(obj)).items() if not k.startswith("_")}
+
+    def _get(self, table, obj_id, name):
+        with self._lock:
+            obj = table.get(obj_id)
+            if obj is None:
+                raise _invalid(f"No such {name}: '{obj_id}'", code="resource_missing", param="id",
+                               status=404, store=True)
+            return self._public(obj)
+
+    @staticmethod
+    def _check_known(params, allowed):
+        for k in params:
+            if k not in allowed:
+                raise _param_error(f"Received unknown parameter: {k}", k, code="parameter_unknown")
+
+    @staticmethod
+    def _amount(params):
+        if "amount" not in params:
+            raise _param_error("Missing required param: amount.", "amount", code="parameter_missing")
+        raw = params["amount"]
+        if not isinstance(raw, str) or not re.fullmatch(r"\d+", raw):
+            raise _param_error(f"Invalid integer: {raw}", "amount", code="parameter_invalid_integer")
+        amount = int(raw)
+        if amount <= 0:
+            raise _param_error("This value must be greater than or equal to 1.", "amount",
+                               code="parameter_invalid_integer")
+        return amount
+
+    @staticmethod
+    def _currency(params):
+        if "currency" not in params:
+            raise _param_error("Missing required param: currency.", "currency", code="parameter_missing")
+        cur = params["currency"]
+        if not isinstance(cur, str) or not re.fullmatch(r"[a-z]{3}", cur):
+            raise _param_error(f"Invalid currency: {cur}. Stripe currently supports these currencies: "
+                               "usd, eur, gbp, ... (lowercase ISO codes)", "currency",
+                               code="invalid_currency" if isinstance(cur, str) else "parameter_invalid")
+        return cur
+
+    @staticmethod
+    def _metadata(params):
+        md = params.get("metadata", {})
+        if md == "":
+            return {}
+        if not isinstance(md, dict) or not all(isinstance(v, str) for v in md.values()):
+            raise _param_error("Invalid object", "metadata")
+        if len(md) > 50:
+            raise _param_error("Metadata can have at most 50 keys.", "metadata")
+        return dict(md)
+
+    def _note_creation(self, key):
+        if key:
+            self._creations[key] = self._creations.get(key, 0) + 1
+
+    def _create_transfer(self, params, key):
+        self._check_known(params, {"amount", "currency", "destination", "description", "transfer_group",
+                                   "metadata", "source_transaction", "source_type", "expand"})
+        amount = self._amount(params)
+        currency = self._currency(params)
+        metadata = self._metadata(params)
+        dest = params.get("destination")
+        if not dest:
+            raise _param_error("Missing required param: destination.", "destination", code="parameter_missing")
+        if not isinstance(dest, str) or not dest.startswith("acct_"):
+            raise _param_error(f"Invalid destination: {dest}", "destination")
+        with self._lock:
+            acct = self._accounts.get(dest)
+            if acct is None:
+                raise _invalid(f"No such destination: '{dest}'", code="no_account", param="destination")
+            if not acct["payouts_enabled"]:
+                raise _invalid("Your destination account needs to have at least one of the following "
+                               "capabilities enabled: transfers, crypto_transfers, legacy_payments",
+                               code="account_invalid", param="destination")
+            bal = acct["_balance"]
+            if bal is not None and amount > bal:
+                raise _invalid("You have insufficient available funds in your Stripe account. Try adding "
+                               "funds directly to your available balance by creating Top-ups.",
+                               code="balance_insufficient")
+            if bal is not None:
+                acct["_balance"] = bal - amount
+            tr_id = _new_id("tr_")
+            tr = {
+                "id": tr_id,
+                "object": "transfer",
+                "amount": amount,
+                "amount_reversed": 0,
+                "balance_transaction": _new_id("txn_"),
+                "created": int(time.time()),
+                "currency": currency,
+                "description": params.get("description") or None,
+                "destination": dest,
+                "destination_payment": _new_id("py_"),
+                "livemode": False,
+                "metadata": metadata,
+                "reversals": {"object": "list", "data": [], "has_more": False, "total_count": 0,
+                              "url": f"/v1/transfers/{tr_id}/reversals"},
+                "reversed": False,
+                "source_transaction": params.get("source_transaction") or None,
+                "source_type": params.get("source_type") or "card",
+                "transfer_group": params.get("transfer_group") or None,
+            }
+            self._transfers[tr_id] = tr
+            self._note_creation(key)
+            return json.loads(json.dumps(tr))
+
+    def _list_transfers(self, query):
+        limit = query.get("limit", "10")
+        if not re.fullmatch(r"\d+", str(limit)) or not 1 <= int(limit) <= 100:
+            raise _param_error("Invalid limit: must be an integer between 1 and 100.", "limit")
+        limit = int(limit)
+        with self._lock:
+            items = list(reversed(list(self._transfers.values())))  # newest first (insertion order)
+            if query.get("destination"):
+                items = [t for t in items if t["destination"] == query["destination"]]
+            if query.get("transfer_group"):
+                items = [t for t in items if t["transfer_group"] == query["transfer_group"]]
+            md = query.get("metadata")
+            if isinstance(md, dict):  # extension: real Stripe does not filter transfers by metadata
+                items = [t for t in items if all(t["metadata"].get(k) == v for k, v in md.items())]
+            if query.get("starting_after"):
+                ids = [t["id"] for t in items]
+                if query["starting_after"] in ids:
+                    items = items[ids.index(query["starting_after"]) + 1:]
+            page = items[:limit]
+            return {"object": "list", "url": "/v1/transfers", "has_more": len(items) > limit,
+                    "data": [json.loads(json.dumps(t)) for t in page]}
+
+    def _create_payout(self, params, headers, key):
+        self._check_known(params, {"amount", "currency", "method", "description", "metadata",
+                                   "statement_descriptor", "destination", "source_type", "expand"})
+        amount = self._amount(params)
+        currency = self._currency(params)
+        metadata = self._metadata(params)
+        method = params.get("method", "standard")
+        if method not in ("standard", "instant"):
+            raise _param_error(f"Invalid method: must be one of standard, instant", "method")
+        acct_id = headers.get("Stripe-Account") or ""
+        with self._lock:
+            if acct_id:
+                acct = self._accounts.get(acct_id)
+                if acct is None:
+                    raise _ApiError(403, "invalid_request_error",
+                                    f"The provided key does not have access to account '{acct_id}' "
+                                    "(or that account does not exist).", code="account_invalid")
+                if not acct["payouts_enabled"]:
+                    raise _invalid("Payouts are not enabled for this account.", code="account_invalid")
+            now = int(time.time())
+            po_id = _new_id("po_")
+            po = {
+                "id": po_id,
+                "object": "payout",
+                "amount": amount,
+                "arrival_date": now + (0 if method == "instant" else 2 * 86400),
+                "automatic": False,
+                "balance_transaction": _new_id("txn_"),
+                "created": now,
+                "currency": currency,
+                "description": params.get("description") or None,
+                "destination": "ba_" + secrets.token_hex(12),
+                "failure_code": None,
+                "failure_message": None,
+                "livemode": False,
+                "metadata": metadata,
+                "method": method,
+                "source_type": params.get("source_type") or "card",
+                "statement_descriptor": params.get("statement_descriptor") or None,
+                "status": "pending",
+                "type": "bank_account",
+                "_account": acct_id,
+            }
+            self._payouts[po_id] = po
+            self._note_creation(key)
+            return self._public(po)
+
+    # ---------------------------------------------------- HTTP control API
+    def handle_control(self, method, path, body: bytes):
+        """Optional HTTP mirror of the Python control API under /_test/ (JSON)."""
+        try:
+            data = json.loads(body or b"{}")
+        except ValueError:
+            return 400, {"error": "invalid json"}
+        parts = [p for p in path.split("/") if p][1:]
+        try:
+            if method == "POST" and parts == ["reset"]:
+                self.reset()
+                return 200, {"ok": True}
+            if method == "POST" and parts == ["accounts"]:
+                return 200, {"id": self.create_account(**data)}
+            if method == "POST" and parts == ["faults"]:
+                self.inject(**data)
+                return 200, {"ok": True}
+            if method == "POST" and len(parts) == 3 and parts[0] == "payouts" and parts[2] == "status":
+                return 200, self._public(self.set_payout_status(parts[1], **data))
+            if method == "GET" and parts == ["state"]:
+                return 200, {"transfers": self.transfers(),
+                             "payouts": [self._public(p) for p in self.payouts()],
+                             "creations_by_key": self.creations_by_key(),
+                             "requests": [list(r) for r in self.requests_log()]}
+        except (TypeError, ValueError, KeyError) as e:
+            return 400, {"error": repr(e)}
+        return 404, {"error": "unknown control endpoint"}
+
+
+class _Handler(BaseHTTPRequestHandler):
+    stripe_server: StripeTestServer
+    server_version = "stripe-test-double/1.0"
+    sys_version = ""
+
+    def log_message(self, format, *args):  # silence
+        pass
+
+    def _dispatch(self, method: str):
+        srv = self.stripe_server
+        srv._enter()
+        try:
+            self._dispatch_inner(srv, method)
+        except (BrokenPipeError, ConnectionResetError, ConnectionAbortedError):
+            pass  # client gave up (e.g. timed out on a slow request)
+        finally:
+            srv._exit()
+
+    def _dispatch_inner(self, srv, method):
+        split = urllib.parse.urlsplit(self.path)
+        path = split.path
+        length = int(self.headers.get("Content-Length") or 0)
+        raw = self.rfile.read(length) if length else b""
+        if path.startswith("/_test/"):
+            status, body = srv.handle_control(method, path, raw)
+            self._send(status, body, {})
+            return
+        ctype = (self.headers.get("Content-Type") or "").split(";")[0].strip()
+        if raw and ctype == "application/json":
+            try:
+                params = json.loads(raw)
+            except ValueError:
+                params = {}
+        else:
+            params = decode_form(raw.decode("utf-8"))
+        query = decode_form(split.query)
+        key = self.headers.get("Idempotency-Key")
+        status, body, hdrs, action = srv.handle(method, path, query, params, self.headers)
+        if action == "drop":
+            srv._log_request(method, path, key, 0)
+            self.close_connection = True
+            try:
+                self.connection.shutdown(2)
+            except OSError:
+                pass
+            return
+        srv._log_request(method, path, key, status)
+        if key and method == "POST":
+            hdrs.setdefault("Idempotency-Key", key)
+        self._send(status, body, hdrs)
+
+    def _send(self, status, body, hdrs):
+        data = json.dumps(body, indent=2).encode("utf-8")
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.send_header("Request-Id", _new_id("req_"))
+        self.send_header("Stripe-Version", "2024-06-20")
+        for k, v in hdrs.items():
+            if not k.startswith("_"):
+                self.send_header(k, v)
+        self.end_headers()
+        self.wfile.write(data)
+
+    def do_GET(self):
+        self._dispatch("GET")
+
+    def do_POST(self):
+        self._dispatch("POST")
+
+    def do_DELETE(self):
+        self._dispatch("DELETE")
