@@ -11,7 +11,7 @@ from commands.output import console, emit_json, fail
 from ledger.codec import EventCodec
 from ledger.currencies import UnknownCurrency, currency
 from ledger.earnings import ManualPayoutRefused, PayeeEarnings
-from processors.payout_run import fold_ledger, send_commands, unchained_closes
+from processors.payout_run import ledger_for_decisions, send_commands
 from projections.payout_controls import read_pause
 from runtime.plans import plan_book
 from runtime.settings import Settings
@@ -40,9 +40,8 @@ def now(payee_id: str, code: str, request_id: str | None, as_json: bool) -> None
     if read_pause(database_url).paused:
         fail("payouts are paused: `ledger payouts resume` first", code=3)
     codec = EventCodec()
-    chained: set[str] = set()
-    payees = fold_ledger(bootstrap, settings.topic_events, codec, close_ids=chained)
-    if any(event.payee_id == payee_id for event in unchained_closes(bootstrap, settings.topic_commands, chained, codec)):
+    payees, waiting = ledger_for_decisions(bootstrap, settings.topic_events, settings.topic_commands, codec)
+    if any(event.payee_id == payee_id for event in waiting):
         fail(f"{payee_id} has close decisions not in the ledger yet: run `ledger sequencer` and try again")
     earnings = payees.get(payee_id, PayeeEarnings(payee_id))
     try:

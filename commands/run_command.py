@@ -10,7 +10,7 @@ from rich.table import Table
 
 from commands.output import console, emit_json, fail
 from ledger.codec import EventCodec
-from processors.payout_run import fold_ledger, plan_run, send_commands, unchained_closes
+from processors.payout_run import ledger_for_decisions, plan_run, send_commands
 from projections.payout_controls import read_pause
 from runtime.plans import plan_book
 from runtime.settings import Settings
@@ -44,9 +44,7 @@ def run(at_text: str | None, dry_run: bool, as_json: bool) -> None:
         fail(f"payouts are paused since {pause.changed_at} by {pause.actor or '?'} ({pause.reason}): "
              "nothing requested; `ledger payouts resume` to continue, or --dry-run to see what is due", code=3)
     codec = EventCodec()
-    chained: set[str] = set()
-    payees = fold_ledger(bootstrap, settings.topic_events, codec, close_ids=chained)
-    waiting = unchained_closes(bootstrap, settings.topic_commands, chained, codec)
+    payees, waiting = ledger_for_decisions(bootstrap, settings.topic_events, settings.topic_commands, codec)
     if waiting and not dry_run:
         fail(f"{len(waiting)} close decisions from an earlier run are not in the ledger yet "
              f"(e.g. {waiting[0].payee_id} {waiting[0].payload['period_id']}): run `ledger sequencer` and try again")

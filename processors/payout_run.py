@@ -54,6 +54,14 @@ def unchained_closes(bootstrap: str, commands_topic: str, chained: set[str], cod
     return waiting
 
 
+def ledger_for_decisions(bootstrap: str, events_topic: str, commands_topic: str,
+                         codec: EventCodec) -> tuple[dict[str, PayeeEarnings], list[Event]]:
+    """Every payee's earnings, and the close decisions still waiting to be chained (decide on top of none)."""
+    chained: set[str] = set()
+    payees = fold_ledger(bootstrap, events_topic, codec, close_ids=chained)
+    return payees, unchained_closes(bootstrap, commands_topic, chained, codec)
+
+
 @dataclass(frozen=True)
 class RunPlan:
     at: datetime
