@@ -70,7 +70,7 @@ def _register() -> None:
     from commands import (
         aggregator_command, dlq, payee_commands, payout_now, payouts_command, publish, quote, run_command,
         schemas_command, sequencer_command,
-        smoke, stack_commands,
+        smoke, stack_commands, transfers_command, webhooks_command,
     )
 
     cli.add_command(stack_commands.up)
@@ -89,6 +89,8 @@ def _register() -> None:
     cli.add_command(aggregator_command.tick)
     cli.add_command(payouts_command.payouts)
     cli.add_command(payout_now.payout)
+    cli.add_command(transfers_command.transfers)
+    cli.add_command(webhooks_command.webhooks)
 
 
 _register()

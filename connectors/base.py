@@ -29,6 +29,20 @@ class TransferRequest:
     destination: str
     attempt: int
 
+    @property
+    def idempotency_key(self) -> str:
+        return attempt_key(self.payout_id, self.attempt)
+
+
+def attempt_key(payout_id: str, attempt: int) -> str:
+    """The provider idempotency key of an attempt: the payout id, suffixed from the second attempt on.
+
+    Providers store a failed answer under its key (Stripe replays even a 500 for 24 h), so a retry
+    under the same key would only replay the failure. A retry therefore gets its own key, and the
+    processor first asks the provider for anything under the payout id (docs/decisions.md §23).
+    """
+    return payout_id if attempt <= 1 else f"{payout_id}:{attempt}"
+
 
 @dataclass(frozen=True)
 class TransferResult:
@@ -50,3 +64,17 @@ class Connector(Protocol):
     def lookup(self, request: TransferRequest) -> TransferResult | None:
         """What the provider knows of this payout (resuming after a crash); None if it never saw it."""
         ...
+
+
+# Which provider pays each payout method (PayeeScheduleSet.payout_method).
+METHOD_PROVIDERS = {
+    "stripe_standard": "stripe",
+    "stripe_instant": "stripe",
+    "bank_transfer": "bank_transfer",
+    "mobile_money": "mobile_money",
+    "manual": "manual",
+}
+
+
+def provider_for(method: str) -> str | None:
+    return METHOD_PROVIDERS.get(method)

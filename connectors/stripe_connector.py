@@ -50,7 +50,7 @@ class StripeConnector:
                 params={"amount": request.amount.amount_minor, "currency": request.amount.currency.code.lower(),
                         "destination": request.destination, "transfer_group": request.payout_id,
                         "metadata": {"payout_id": request.payout_id, "payee_id": request.payee_id}},
-                options={"idempotency_key": request.payout_id},
+                options={"idempotency_key": request.idempotency_key},
             )
         except stripe.StripeError as exc:
             return classify(exc)
@@ -62,8 +62,10 @@ class StripeConnector:
         try:
             payout = self._client.v1.payouts.create(
                 params={"amount": request.amount.amount_minor, "currency": request.amount.currency.code.lower(),
-                        "method": "instant", "metadata": {"payout_id": request.payout_id}},
-                options={"idempotency_key": f"{request.payout_id}:instant", "stripe_account": request.destination},
+                        "method": "instant",
+                        "metadata": {"payout_id": request.payout_id, "payee_id": request.payee_id}},
+                options={"idempotency_key": f"{request.idempotency_key}:instant",
+                         "stripe_account": request.destination},
             )
         except stripe.StripeError as exc:
             return classify(exc)
@@ -76,4 +78,6 @@ class StripeConnector:
             return classify(exc)
         if not found.data:
             return None
+        if request.method == "stripe_instant":  # the instant payout is asked for again with its own key: replayed
+            return self._instant_payout(request, found.data[0].id)
         return TransferResult(Outcome.SETTLED, provider_reference=found.data[0].id)

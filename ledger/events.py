@@ -23,6 +23,7 @@ EVENT_TYPES: tuple[str, ...] = (
     "PayoutRequested",
     "BalanceCarried",
     "PayoutSubmitted",
+    "PayoutAccepted",
     "PayoutSettled",
     "PayoutFailed",
     "PayoutRetryScheduled",

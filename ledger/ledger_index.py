@@ -13,6 +13,7 @@ from typing import Any, Callable, Literal, Mapping
 from ledger.events import Event
 from ledger.guards import require
 from ledger.money import Money
+from ledger.payouts import PayoutBook
 from ledger.sequencing import PayeeChains
 
 DEDUPE_FIELDS = {"PaymentCompleted": "payment_id", "PaymentRefunded": "refund_id", "EarningsAdjusted": "adjustment_id"}
@@ -70,6 +71,7 @@ class LedgerIndex:
         self.chain = PayeeChains(encode)
         self._recorded: dict[str, tuple[str, str]] = {}  # dedupe key -> (event id, content digest)
         self._payments: dict[str, _Refundable] = {}
+        self.payouts = PayoutBook()  # lifecycle: a submit after a cancel (or the reverse) is refused
         self._admitted = False
 
     def __len__(self) -> int:
@@ -86,6 +88,9 @@ class LedgerIndex:
             return Verdict("reject", f"{key} is already recorded with different content (event {event_id})", event_id)
         if event.event_type == "PaymentRefunded":
             return self._refund_verdict(event)
+        refusal = self.payouts.refusal(event)
+        if refusal is not None:
+            return Verdict("reject", refusal)
         return Verdict("accept")
 
     def _refund_verdict(self, event: Event) -> Verdict:
@@ -131,6 +136,7 @@ class LedgerIndex:
 
     def _fold(self, event: Event) -> None:
         self._recorded[dedupe_key(event)] = (event.envelope.event_id, content_digest(event))
+        self.payouts.apply(event)
         if event.event_type == "PaymentCompleted":
             amount: Money = event.payload["amount"]
             self._payments[event.payload["payment_id"]] = _Refundable(event.payee_id, amount, Money.zero(amount.currency.code))

@@ -67,6 +67,29 @@ class Settings(BaseSettings):
     sequencer_batch_max: int = Field(500, ge=1, le=100_000)
     sequencer_batch_wait_ms: int = Field(50, ge=1, le=10_000)
 
+    # The transfer processor and its providers (docs/decisions.md: transfers).
+    retry_delays_s: list[int] = Field([300, 900, 3600], description="delays after attempts 1, 2, 3 that failed retryably (seed 001); then the payout fails")
+    provider_concurrency: int = Field(4, ge=1, le=256, description="provider calls in flight at once, per provider")
+    provider_rate_per_s: float = Field(20.0, gt=0, description="provider calls started per second, per provider")
+    provider_window: int = Field(200, ge=1, description="attempts recorded ahead of provider calls, per provider")
+    breaker_failures: int = Field(5, ge=1, description="consecutive retryable failures that open a provider's circuit")
+    breaker_cooldown_s: float = Field(60.0, gt=0, description="how long an open circuit stops calls before one trial")
+    pending_poll_s: float = Field(3600.0, gt=0, description="how often transfers still processing are checked (seed 003: hourly)")
+    mobile_money_max_pending_s: float = Field(86400.0, gt=0, description="a mobile money transfer still processing after this fails (seed 003: 24 h)")
+    stripe_api_key: str | None = Field(None, description="Stripe secret key; unset = no Stripe provider")
+    stripe_api_base: str | None = Field(None, description="Stripe API address (a local test server in tests and the demo)")
+    stripe_timeout_s: float = Field(30.0, gt=0)
+    stripe_webhook_secret: str | None = Field(None, description="whsec_... for `ledger webhooks serve`")
+    mobile_money_url: str | None = Field(None, description="mobile money (Orange-Money-style) API address; unset = no provider")
+    mobile_money_client_id: str = ""
+    mobile_money_client_secret: str = ""
+    mobile_money_timeout_s: float = Field(30.0, gt=0)
+    bank_debtor_name: str = Field("Payout Ledger Platform", description="the platform's account name in SEPA files")
+    bank_debtor_iban: str | None = Field(None, description="the platform's IBAN; unset = no bank transfer provider")
+    bank_debtor_bic: str = Field("", description="the platform's BIC")
+    bank_outbox_dir: Path | None = Field(None, description="where pain.001 files are written (default: <data_dir>/bank/outbox)")
+    bank_status_dir: Path | None = Field(None, description="where the bank's pain.002 status reports are dropped (default: <data_dir>/bank/status)")
+
     embedded_kafka_port: int = Field(19092, ge=1, le=65535)
     embedded_postgres_port: int = Field(15432, ge=1, le=65535)
     embedded_database: str = "ledger"

@@ -31,6 +31,7 @@ DEFAULT_CURRENCY: dict[str, str] = {
     "PayoutRequested": "BHD",
     "BalanceCarried": "XOF",
     "PayoutSubmitted": "BHD",
+    "PayoutAccepted": "XOF",
     "PayoutSettled": "USD",
     "PayoutFailed": "XOF",
     "PayoutRetryScheduled": "USD",
@@ -48,6 +49,7 @@ MONEY_FIELDS: dict[str, tuple[str, ...]] = {
     "PayoutRequested": ("gross", "payee_share", "fee", "carry_over", "net"),
     "BalanceCarried": ("gross", "payee_share", "fee", "carry_over", "net", "balance"),
     "PayoutSubmitted": ("amount",),
+    "PayoutAccepted": ("amount",),
     "PayoutSettled": ("amount",),
     "PayoutFailed": ("amount",),
     "PayoutRetryScheduled": (),
@@ -165,6 +167,14 @@ def make_payload(event_type: str, code: str | None = None, *, full: bool = True)
             "attempt": 1,
             "idempotency_key": "po_payee-1_2025-W10",
             "amount": money(766, code, 680),
+        }
+    if event_type == "PayoutAccepted":
+        return {
+            "payout_id": "po_payee-1_2025-W10",
+            "provider": "mobile_money",
+            "provider_reference": "MP250314.1745.A01234",
+            "attempt": 1,
+            "amount": money(24000, code),
         }
     if event_type == "PayoutSettled":
         return {

@@ -589,7 +589,11 @@ def test_cancelled_returns_the_amount_and_a_cancel_after_settle_does_not() -> No
     assert ledger.balance_minor("USD") == (8_000, 0, 0, 8_000)
     repaid = only(ledger.close(utc(2026, 11, 23)))
     ledger.submit(settled(repaid.payload["payout_id"], repaid.payload["net"]))
-    ledger.submit(cancelled(repaid.payload["payout_id"], at=utc(2026, 12, 3)))  # too late to cancel a paid one
+    too_late = cancelled(repaid.payload["payout_id"], at=utc(2026, 12, 3))  # too late to cancel a paid one
+    verdict = ledger.index.verdict(too_late)
+    assert verdict.status == "reject" and "cannot be cancelled: it is settled" in verdict.reason
+    ledger.fold.apply(dataclasses.replace(too_late, envelope=too_late.envelope.sequenced(ledger.fold.last_sequence + 1, "0" * 64)))
+    # the fold alone ignores it too
     assert ledger.balance_minor("USD") == (8_000, 8_000, 0, 0)
 
 

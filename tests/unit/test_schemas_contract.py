@@ -86,7 +86,7 @@ def non_null(field_type: Any) -> list[Any]:
 def test_event_schema_files_are_exactly_the_event_types() -> None:
     names = {path.stem for path in SCHEMA_DIR.glob("*.avsc")} - SHARED
     assert names == set(EVENT_TYPES)
-    assert len(EVENT_TYPES) == len(set(EVENT_TYPES)) == 12
+    assert len(EVENT_TYPES) == len(set(EVENT_TYPES)) == 13
 
 
 def test_shared_types_are_named_in_the_payout_ledger_namespace() -> None:

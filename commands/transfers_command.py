@@ -1,0 +1,42 @@
+"""`ledger transfers`: run the transfer processor (PayoutRequested -> provider -> settled / failed / retry)."""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+
+import click
+
+from commands.output import console, emit_json, errors
+from processors.transfer_processor import TransferProcessor
+from runtime.providers import build_connectors
+from runtime.settings import Settings
+from runtime.single_instance import single_instance
+from runtime.stack import connections
+
+
+@click.command(short_help="Run the transfer processor: pay requested payouts through their providers.")
+@click.option("--idle-exit", type=click.FloatRange(min=0.1), default=None,
+              help="Exit after this many seconds with nothing to do (default: run until SIGTERM/Ctrl-C).")
+@click.option("--json", "as_json", is_flag=True, help="Print the final counts as JSON.")
+def transfers(idle_exit: float | None, as_json: bool) -> None:
+    """Pay every requested payout once through its provider and record the outcome in the ledger.
+
+    Providers: Stripe (LEDGER_STRIPE_API_KEY), bank transfer files (LEDGER_BANK_DEBTOR_IBAN), mobile
+    money (LEDGER_MOBILE_MONEY_URL), and manual (always). Payouts of a provider that is not configured
+    wait. Rebuilds its state from ledger.events at start; only one may run per ledger.
+    """
+    settings = Settings()
+    bootstrap, database_url = connections(settings)
+    printer = errors if as_json else console
+    log = lambda line: printer.print(f"transfers: {line}", highlight=False)  # noqa: E731
+    connectors = build_connectors(settings)
+    with single_instance(database_url, f"transfers:{settings.topic_events}"):
+        worker = TransferProcessor(settings, bootstrap, connectors, database_url=database_url, log=log)
+        log(f"providers: {', '.join(sorted(connectors))}; retries after {settings.retry_delays_s} s")
+        stats = worker.run(idle_exit_s=idle_exit)
+    if as_json:
+        emit_json(asdict(stats))
+    else:
+        console.print(f"transfers stopped: {stats.submitted} attempts, {stats.settled} settled, "
+                      f"{stats.accepted} accepted (pending), {stats.failed} failed, "
+                      f"{stats.retries_scheduled} retries scheduled")

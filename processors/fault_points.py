@@ -1,0 +1,30 @@
+"""Named crash points for the kill tests: with LEDGER_FAULT_POINTS="after_submit:0.05,after_provider:0.05"
+a process SIGKILLs itself at those points with that probability. Unset (always, outside tests), they do nothing.
+
+This is how the fault test reaches the narrow windows a random outside kill seldom hits (the provider
+has paid, the outcome is not recorded yet); the kill itself is a real SIGKILL, not an exception.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+
+_POINTS: dict[str, float] | None = None
+
+
+def _points() -> dict[str, float]:
+    global _POINTS
+    if _POINTS is None:
+        _POINTS = {}
+        for item in filter(None, os.environ.get("LEDGER_FAULT_POINTS", "").split(",")):
+            name, _, probability = item.partition(":")
+            _POINTS[name.strip()] = float(probability or 1.0)
+    return _POINTS
+
+
+def crash_point(name: str) -> None:
+    probability = _points().get(name)
+    if probability and random.random() < probability:
+        os.kill(os.getpid(), signal.SIGKILL)

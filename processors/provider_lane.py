@@ -1,0 +1,109 @@
+"""One provider's lane in the transfer processor: its connector, circuit breaker, bounded concurrency
+(a thread pool) and call rate (a token bucket). Provider calls run here, off the processor's loop, so a
+slow provider delays only its own payouts."""
+
+from __future__ import annotations
+
+import queue
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Callable
+
+from connectors.base import Connector, Outcome, TransferRequest, TransferResult
+from connectors.circuit_breaker import CircuitBreaker
+
+
+class TokenBucket:
+    """At most `rate_per_s` starts per second on average, bursts up to `burst`; thread-safe."""
+
+    def __init__(self, rate_per_s: float, burst: int | None = None, monotonic: Callable[[], float] = time.monotonic) -> None:
+        self.rate, self.capacity = rate_per_s, float(burst or max(1, int(rate_per_s)))
+        self._tokens, self._monotonic = self.capacity, monotonic
+        self._last = monotonic()
+        self._lock = threading.Lock()
+
+    def acquire(self) -> None:
+        while True:
+            with self._lock:
+                now = self._monotonic()
+                self._tokens = min(self.capacity, self._tokens + (now - self._last) * self.rate)
+                self._last = now
+                if self._tokens >= 1:
+                    self._tokens -= 1
+                    return
+                wait = (1 - self._tokens) / self.rate
+            time.sleep(wait)  # pacing a provider, not waiting for asynchronous work
+
+
+@dataclass(frozen=True)
+class CallResult:
+    provider: str
+    payout_id: str
+    attempt: int
+    mode: str  # submit | resolve | poll
+    result: TransferResult | None  # None: the provider never saw it (resolve/poll), or the call raised
+    error: str = ""
+
+
+class ProviderLane:
+    def __init__(self, connector: Connector, *, concurrency: int, rate_per_s: float, breaker: CircuitBreaker,
+                 window: int, results: "queue.Queue[CallResult]") -> None:
+        self.connector, self.breaker, self.window = connector, breaker, window
+        self.name = connector.name
+        self._pool = ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix=f"provider-{self.name}")
+        self._bucket = TokenBucket(rate_per_s)
+        self._results = results
+        self.concurrency = concurrency
+        self.busy: set[str] = set()  # payout ids with a call in flight (touched by the processor loop only)
+        self.batches = hasattr(connector, "submit_batch")
+
+    @property
+    def free_slots(self) -> int:
+        return self.concurrency - len(self.busy) if not self.batches else 1 if not self.busy else 0
+
+    def submit(self, requests: list[TransferRequest]) -> None:
+        """Pay these out (several at once only for a batching provider: one bank file)."""
+        for request in requests:
+            self.busy.add(request.payout_id)
+        self._pool.submit(self._run, requests, "submit")
+
+    def resolve(self, request: TransferRequest, mode: str) -> None:
+        """Ask the provider what it knows (after a restart: `resolve`; a transfer still processing: `poll`)."""
+        self.busy.add(request.payout_id)
+        self._pool.submit(self._run, [request], mode)
+
+    def done(self, payout_id: str) -> None:
+        self.busy.discard(payout_id)
+
+    def _run(self, requests: list[TransferRequest], mode: str) -> None:
+        try:
+            self._bucket.acquire()
+            if mode == "submit":
+                if len(requests) > 1:
+                    results = list(self.connector.submit_batch(requests))  # type: ignore[attr-defined]
+                else:
+                    results = [self.connector.submit(requests[0])]
+            else:
+                results = [self.connector.lookup(requests[0])]
+        except Exception as exc:  # a connector bug: the outcome is unknown, so it is looked up later
+            for request in requests:
+                self._results.put(CallResult(self.name, request.payout_id, request.attempt, mode, None,
+                                             f"{type(exc).__name__}: {exc}"))
+            return
+        for request, result in zip(requests, results):
+            self._results.put(CallResult(self.name, request.payout_id, request.attempt, mode, result))
+
+    def shutdown(self) -> None:
+        self._pool.shutdown(wait=True, cancel_futures=True)
+
+
+def settled_or_pending(result: TransferResult) -> bool:
+    return result.outcome in (Outcome.SETTLED, Outcome.PENDING)
+
+
+def utc_now() -> datetime:
+    from datetime import timezone
+    return datetime.now(timezone.utc)

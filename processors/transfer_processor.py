@@ -1,0 +1,429 @@
+"""The transfer processor: PayoutRequested -> a provider -> PayoutSettled / PayoutFailed / a retry.
+
+Exactly-once payment rests on three rules (docs/decisions.md §23):
+
+1. Record before calling. For each attempt it sends PayoutSubmitted to ledger.commands and calls the
+   provider only once that event is *chained* in ledger.events. The sequencer checks every submit and
+   cancel against the payout's lifecycle (ledger/payouts.py), so a payout cancelled by an operator can
+   never reach a provider, and an attempt is recorded before any money moves.
+2. Idempotency keys decided before any call: the payout id for the first attempt, `<payout id>:<n>`
+   for a retry (providers replay a stored failure under its key, so a retry needs its own), and every
+   retry first asks the provider for anything under the payout id. A repeated call cannot pay twice.
+3. Never guess after a crash. State is rebuilt from ledger.events at every start, plus the outcomes it
+   had already sent to ledger.commands that are not chained yet. An attempt that is submitted but has
+   no outcome is resolved by asking the provider (lookup with the same key) and only then, if the
+   provider never saw it, submitted.
+
+Outcome events have deterministic ids (payout, attempt, kind): recording one twice chains it once.
+Retryable failures are retried on seed 001's schedule (5 min, 15 min, 1 h; settings.retry_delays_s),
+as due times folded from PayoutRetryScheduled events, without blocking other payouts. Each provider
+has its own lane: circuit breaker, bounded concurrency and call rate (processors/provider_lane.py).
+"""
+
+from __future__ import annotations
+
+import queue
+import signal
+import threading
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Callable
+
+from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, TopicPartition
+from confluent_kafka.admin import AdminClient
+
+from connectors.base import Connector, Outcome, TransferRequest, attempt_key, provider_for
+from connectors.circuit_breaker import BreakerState, CircuitBreaker
+from ledger import payouts as records
+from ledger.codec import EventCodec, UndecodableEvent
+from ledger.events import Event
+from ledger.payouts import Payout, PayoutBook, PayoutStatus
+from ledger.retry_policy import RetryPolicy
+from processors.fault_points import crash_point
+from processors.kafka_io import DeliveryTracker, flush_or_raise, make_producer, read_topic
+from processors.ledger_replay import CorruptLedger
+from processors.provider_lane import CallResult, ProviderLane, utc_now
+from runtime.settings import Settings
+
+OUTCOME_TYPES = ("PayoutAccepted", "PayoutSettled", "PayoutFailed", "PayoutRetryScheduled")
+POLLED_PROVIDERS = ("mobile_money", "bank_transfer")  # their final outcome is asked for, not pushed
+AWAIT_CHAIN_S = 120.0  # a submit not chained by then was refused (or is stuck): decide again
+UNKNOWN_RETRY_S = 30.0  # after a connector raised: look the payout up again after this long
+PAUSE_CHECK_S = 5.0
+
+
+@dataclass
+class TransferStats:
+    submitted: int = 0
+    accepted: int = 0
+    settled: int = 0
+    failed: int = 0
+    retries_scheduled: int = 0
+    resolved_by_lookup: int = 0
+    expired: int = 0
+    unknown_outcomes: int = 0
+    by_reason: dict[str, int] = field(default_factory=dict)
+
+
+class TransferProcessor:
+    def __init__(self, settings: Settings, bootstrap: str, connectors: dict[str, Connector], *,
+                 database_url: str | None = None, codec: EventCodec | None = None,
+                 clock: Callable[[], datetime] = utc_now, log: Callable[[str], None] = print) -> None:
+        self.settings, self.bootstrap, self.database_url = settings, bootstrap, database_url
+        self.codec = codec or EventCodec()
+        self.clock, self.log = clock, log
+        self.policy = RetryPolicy(tuple(settings.retry_delays_s))
+        self.book = PayoutBook()
+        self.stats = TransferStats()
+        self._results: "queue.Queue[CallResult]" = queue.Queue()
+        self.lanes = {name: ProviderLane(
+            connector, concurrency=settings.provider_concurrency, rate_per_s=settings.provider_rate_per_s,
+            breaker=CircuitBreaker(clock, settings.breaker_failures, settings.breaker_cooldown_s),
+            window=settings.provider_window, results=self._results) for name, connector in connectors.items()}
+        self._producer = make_producer(bootstrap)
+        self._tracker = DeliveryTracker()
+        self._unflushed = 0
+        self._stop = threading.Event()
+        self._active: set[str] = set()  # payouts not settled, failed or cancelled
+        self._awaiting: dict[str, tuple[int, float]] = {}  # payout -> (attempt whose submit is sent, when)
+        self._fresh: set[tuple[str, int]] = set()  # attempts this process recorded: call the provider directly
+        self._unknown_until: dict[str, float] = {}  # payout -> monotonic time before which it is not asked again
+        self._last_poll: dict[str, float] = {}
+        self._retry_decided: set[tuple[str, int]] = set()
+        self._warned: set[str] = set()
+        self._paused = False
+        self._pause_checked = 0.0
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    # --- the loop --------------------------------------------------------------------------------
+
+    def run(self, idle_exit_s: float | None = None, handle_signals: bool = True) -> TransferStats:
+        """Process until stop() (SIGTERM/SIGINT), or until nothing happened for idle_exit_s seconds."""
+        if handle_signals:
+            for signum in (signal.SIGTERM, signal.SIGINT):
+                signal.signal(signum, lambda *_: self.stop())
+        started = time.monotonic()
+        overlay = self._sent_outcomes()
+        partitions = self._partitions(self.settings.topic_events)
+        consumer = Consumer({
+            "bootstrap.servers": self.bootstrap, "group.id": "ledger-transfers", "enable.auto.commit": False,
+            "enable.partition.eof": True, "auto.offset.reset": "earliest", "fetch.wait.max.ms": 50,
+        })
+        consumer.assign([TopicPartition(self.settings.topic_events, p, OFFSET_BEGINNING) for p in partitions])
+        at_end: set[int] = set()
+        caught_up = False
+        last_activity = time.monotonic()
+        try:
+            while not self._stop.is_set():
+                messages = consumer.consume(500, 0.05 if caught_up else 0.2)
+                for message in messages:
+                    error = message.error()
+                    if error is not None:
+                        if error.code() == KafkaError._PARTITION_EOF:
+                            at_end.add(message.partition())
+                            continue
+                        if error.fatal():
+                            raise KafkaException(error)
+                        self.log(f"consumer: {error.str()}")
+                        continue
+                    at_end.discard(message.partition())
+                    self._on_chained(self._decode(message))
+                    last_activity = time.monotonic()
+                if not caught_up:
+                    if len(at_end) < len(partitions):
+                        continue
+                    caught_up = True
+                    for event in overlay:
+                        self._apply(event)
+                    self.log(f"rebuilt {len(self.book.payouts)} payouts ({len(self._active)} open, "
+                             f"{len(overlay)} outcomes waiting in {self.settings.topic_commands}) in "
+                             f"{time.monotonic() - started:.2f} s")
+                if self._drain_results() | self._schedule():
+                    last_activity = time.monotonic()
+                if self._awaiting or any(lane.busy for lane in self.lanes.values()):
+                    last_activity = time.monotonic()
+                elif idle_exit_s is not None and time.monotonic() - last_activity >= idle_exit_s:
+                    break
+        finally:
+            consumer.close()
+            for lane in self.lanes.values():
+                lane.shutdown()
+            self._flush()
+        return self.stats
+
+    def _partitions(self, topic: str) -> list[int]:
+        metadata = AdminClient({"bootstrap.servers": self.bootstrap}).list_topics(topic, timeout=10)
+        if topic not in metadata.topics or metadata.topics[topic].error is not None:
+            raise KafkaException(f"topic {topic} does not exist: run `ledger up`")
+        return sorted(metadata.topics[topic].partitions)
+
+    def _decode(self, message) -> Event:  # noqa: ANN001 - confluent_kafka.Message
+        try:
+            return self.codec.decode(message.value() or b"")
+        except UndecodableEvent as exc:
+            raise CorruptLedger(f"{message.topic()}[{message.partition()}]@{message.offset()}: {exc.reason}") from None
+
+    def _sent_outcomes(self) -> list[Event]:
+        """Outcomes already sent to ledger.commands (perhaps not chained yet): never ask a provider twice."""
+        sent = []
+        for record in read_topic(self.bootstrap, self.settings.topic_commands, timeout_s=600):
+            try:
+                event = self.codec.decode(record.value or b"")
+            except UndecodableEvent:
+                continue  # not ours: the sequencer dead-letters it
+            if event.event_type in OUTCOME_TYPES:
+                sent.append(event)
+        return sent
+
+    # --- folding ---------------------------------------------------------------------------------
+
+    def _apply(self, event: Event) -> None:
+        if not self.book.apply(event) or event.event_type not in records.LIFECYCLE_TYPES:
+            return
+        payout = self.book.payouts[event.payload["payout_id"]]
+        if payout.status.terminal:
+            self._active.discard(payout.payout_id)
+            self._awaiting.pop(payout.payout_id, None)
+        else:
+            self._active.add(payout.payout_id)
+
+    def _on_chained(self, event: Event) -> None:
+        self._apply(event)
+        if event.event_type in ("PayoutSubmitted", "PayoutCancelled"):
+            self._awaiting.pop(event.payload["payout_id"], None)
+
+    # --- deciding what to do ---------------------------------------------------------------------
+
+    def _schedule(self) -> bool:
+        now, mono = self.clock(), time.monotonic()
+        self._refresh_pause(mono)
+        to_submit: dict[str, list[TransferRequest]] = {}
+        outstanding = self._outstanding()
+        acted = False
+        for payout_id in sorted(self._active, key=lambda pid: self.book.payouts[pid].requested_at):
+            payout = self.book.payouts[payout_id]
+            lane = self._lane(payout)
+            if lane is None or payout_id in lane.busy:
+                continue
+            status = payout.status
+            if status is PayoutStatus.REQUESTED or (status is PayoutStatus.RETRY_WAIT and payout.due_at is not None
+                                                    and payout.due_at <= now):
+                acted |= self._record_attempt(payout, lane, now, mono, outstanding)
+            elif status is PayoutStatus.RETRY_WAIT and payout.due_at is None:
+                acted |= self._schedule_lost_retry(payout, lane, now)
+            elif status is PayoutStatus.SUBMITTED:
+                acted |= self._call(payout, lane, mono, to_submit)
+            elif status is PayoutStatus.AT_PROVIDER and lane.name in POLLED_PROVIDERS:
+                if mono - self._last_poll.get(payout_id, 0.0) >= self.settings.pending_poll_s and lane.free_slots > 0:
+                    self._last_poll[payout_id] = mono
+                    lane.resolve(self._request(payout, payout.current.number), "poll")
+                    acted = True
+        for name, requests in to_submit.items():
+            lane = self.lanes[name]
+            batches = [requests] if lane.batches else [[request] for request in requests]
+            for batch in batches:
+                crash_point("after_submit")
+                lane.submit(batch)
+        self._flush()
+        return acted
+
+    def _lane(self, payout: Payout) -> ProviderLane | None:
+        provider = provider_for(payout.method)
+        lane = self.lanes.get(provider or "")
+        if lane is None and payout.method not in self._warned:
+            self._warned.add(payout.method)
+            self.log(f"no provider configured for payout method {payout.method!r}: its payouts wait "
+                     f"(first: {payout.payout_id})")
+        return lane
+
+    def _record_attempt(self, payout: Payout, lane: ProviderLane, now: datetime, mono: float,
+                        outstanding: dict[str, int]) -> bool:
+        """Send PayoutSubmitted for the next attempt; the call waits until the sequencer has chained it."""
+        waiting = self._awaiting.get(payout.payout_id)
+        if waiting is not None and mono - waiting[1] < AWAIT_CHAIN_S:
+            return False
+        if self._paused or self._breaker_open(lane) or outstanding.get(lane.name, 0) >= lane.window:
+            return False
+        outstanding[lane.name] = outstanding.get(lane.name, 0) + 1
+        attempt = payout.next_attempt
+        crash_point("before_submit")
+        self._send(records.submitted(payout, attempt, lane.name, attempt_key(payout.payout_id, attempt), now))
+        self._awaiting[payout.payout_id] = (attempt, mono)
+        self._fresh.add((payout.payout_id, attempt))
+        self.stats.submitted += 1
+        return True
+
+    def _call(self, payout: Payout, lane: ProviderLane, mono: float, to_submit: dict[str, list[TransferRequest]]) -> bool:
+        attempt = payout.current.number
+        if self._unknown_until.get(payout.payout_id, 0.0) > mono:
+            return False
+        request = self._request(payout, attempt)
+        batch = to_submit.get(lane.name)
+        if batch is not None and lane.batches:  # joins the file already being made in this round
+            batch.append(request)
+            return True
+        if lane.free_slots - len(batch or ()) <= 0 or not lane.breaker.allow():
+            return False
+        # An attempt this process recorded is paid directly. One recorded before a crash, and every retry
+        # (it gets a new idempotency key), first asks the provider for anything under the payout id.
+        if attempt == 1 and (payout.payout_id, attempt) in self._fresh:
+            to_submit.setdefault(lane.name, []).append(request)
+        else:
+            lane.resolve(request, "resolve")
+        return True
+
+    def _outstanding(self) -> dict[str, int]:
+        """Attempts recorded but not answered yet, per provider (bounded by settings.provider_window)."""
+        counts: dict[str, int] = {}
+        for payout_id in self._active:
+            payout = self.book.payouts[payout_id]
+            if payout.status is PayoutStatus.SUBMITTED or payout_id in self._awaiting:
+                provider = provider_for(payout.method) or ""
+                counts[provider] = counts.get(provider, 0) + 1
+        return counts
+
+    @staticmethod
+    def _breaker_open(lane: ProviderLane) -> bool:
+        breaker = lane.breaker
+        return breaker.state is BreakerState.OPEN and breaker.opened_at is not None and (
+            breaker.clock() - breaker.opened_at < timedelta(seconds=breaker.cooldown_s))
+
+    def _schedule_lost_retry(self, payout: Payout, lane: ProviderLane, now: datetime) -> bool:
+        """A retryable failure is chained but its retry is not (a crash between the two): decide it again."""
+        attempt = payout.current
+        if attempt is None or (payout.payout_id, attempt.number) in self._retry_decided:
+            return False
+        self._retry_decided.add((payout.payout_id, attempt.number))
+        failed_at = attempt.finished_at or now
+        self._retry_or_give_up(payout, attempt.number, lane.name, attempt.reason_code, attempt.message, None,
+                               failed_at, record_failure=False)
+        return True
+
+    def _request(self, payout: Payout, attempt: int) -> TransferRequest:
+        return TransferRequest(payout.payout_id, payout.payee_id, payout.amount, payout.method,
+                               self.book.destination(payout.payee_id), attempt)
+
+    def _refresh_pause(self, mono: float) -> None:
+        if self.database_url is None or mono - self._pause_checked < PAUSE_CHECK_S:
+            return
+        self._pause_checked = mono
+        from projections.payout_controls import read_pause
+
+        try:
+            paused = read_pause(self.database_url).paused
+        except Exception as exc:  # noqa: BLE001 - the database is down: keep the last known answer
+            self.log(f"cannot read the payout pause ({type(exc).__name__}); keeping paused={self._paused}")
+            return
+        if paused != self._paused:
+            self.log("payouts PAUSED: no new attempts" if paused else "payouts resumed")
+        self._paused = paused
+
+    # --- outcomes --------------------------------------------------------------------------------
+
+    def _drain_results(self) -> bool:
+        drained = False
+        while True:
+            try:
+                call = self._results.get_nowait()
+            except queue.Empty:
+                break
+            drained = True
+            self.lanes[call.provider].done(call.payout_id)
+            self._on_result(call)
+        self._flush()
+        return drained
+
+    def _on_result(self, call: CallResult) -> None:
+        payout = self.book.get(call.payout_id)
+        if payout is None or payout.status.terminal:
+            return  # settled or failed meanwhile (a webhook, an operator)
+        now = self.clock()
+        lane = self.lanes[call.provider]
+        current = payout.current
+        if current is None or current.number != call.attempt:
+            return  # an answer about an attempt that is no longer the current one
+        if call.result is None:
+            if call.error:  # the connector raised: outcome unknown, ask again later (never guess)
+                self.stats.unknown_outcomes += 1
+                self.log(f"{call.provider} {call.mode} of {call.payout_id} raised {call.error}; asking again "
+                         f"in {UNKNOWN_RETRY_S:.0f} s")
+                self._unknown_until[call.payout_id] = time.monotonic() + UNKNOWN_RETRY_S
+                self._fresh.discard((call.payout_id, call.attempt))
+            elif call.mode == "resolve":  # the provider has nothing under this payout: pay it now
+                self.lanes[call.provider].submit([self._request(payout, call.attempt)])
+            else:
+                self.log(f"{call.provider} does not know payout {call.payout_id}, which it accepted")
+            return
+        result = call.result
+        if call.mode == "resolve":
+            self.stats.resolved_by_lookup += 1
+        if call.mode == "poll" and result.outcome is Outcome.PENDING:
+            self._expire_if_stale(payout, lane.name, now)
+            return
+        if call.mode != "poll":
+            if result.outcome is Outcome.FAILED:
+                lane.breaker.record_failure(result.retryable)
+            else:
+                lane.breaker.record_success()
+        crash_point("before_outcome")
+        attempt = call.attempt
+        if result.outcome is Outcome.SETTLED:
+            self._send(records.settled(payout, attempt, lane.name, result.provider_reference, now))
+            self.stats.settled += 1
+        elif result.outcome is Outcome.PENDING:
+            if payout.status is PayoutStatus.SUBMITTED:
+                self._send(records.accepted(payout, attempt, lane.name, result.provider_reference, now))
+                self._last_poll[payout.payout_id] = time.monotonic()
+                self.stats.accepted += 1
+        elif result.retryable:
+            self._retry_or_give_up(payout, attempt, lane.name, result.reason_code, result.message,
+                                   result.retry_after_s, now, record_failure=True)
+        else:
+            self._send(records.failed(payout, attempt, lane.name, result.reason_code, result.message, False, now))
+            self._count_failure(result.reason_code)
+
+    def _retry_or_give_up(self, payout: Payout, attempt: int, provider: str, reason_code: str, message: str,
+                          retry_after_s: float | None, now: datetime, *, record_failure: bool) -> None:
+        due = self.policy.next_attempt_at(attempt, now, retry_after_s)
+        if due is None:
+            self._send(records.failed(payout, attempt, provider, reason_code,
+                                      f"{message} (gave up after {attempt} attempts)".strip(), False, now))
+            self._count_failure(reason_code)
+            return
+        if record_failure:
+            self._send(records.failed(payout, attempt, provider, reason_code, message, True, now))
+        self._send(records.retry_scheduled(payout, attempt + 1, provider, due, reason_code, message, now))
+        self.stats.retries_scheduled += 1
+
+    def _expire_if_stale(self, payout: Payout, provider: str, now: datetime) -> None:
+        if provider != "mobile_money" or payout.accepted_at is None:
+            return
+        if (now - payout.accepted_at).total_seconds() < self.settings.mobile_money_max_pending_s:
+            return
+        hours = self.settings.mobile_money_max_pending_s / 3600
+        self._send(records.failed(payout, payout.current.number, provider, "processing_expired",
+                                  f"still processing at the provider after {hours:g} h", False, now))
+        self.stats.expired += 1
+        self._count_failure("processing_expired")
+
+    def _count_failure(self, reason_code: str) -> None:
+        self.stats.failed += 1
+        self.stats.by_reason[reason_code] = self.stats.by_reason.get(reason_code, 0) + 1
+
+    # --- writing ---------------------------------------------------------------------------------
+
+    def _send(self, event: Event) -> None:
+        self._producer.produce(self.settings.topic_commands, key=event.payee_id.encode(),
+                               value=self.codec.encode(event), on_delivery=self._tracker)
+        self._producer.poll(0)
+        self._unflushed += 1
+        if event.event_type != "PayoutSubmitted":
+            self._apply(event)  # an outcome is known now; a submit waits for the sequencer's verdict
+
+    def _flush(self) -> None:
+        if self._unflushed:
+            flush_or_raise(self._producer, self._tracker, self._unflushed)
+            self._tracker, self._unflushed = DeliveryTracker(), 0
