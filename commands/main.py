@@ -68,7 +68,7 @@ def cli() -> None:
 
 def _register() -> None:
     from commands import (
-        aggregator_command, dlq, payee_commands, payout_now, payouts_command, publish, quote, run_command,
+        aggregator_command, dlq, payee_commands, payout_now, payout_ops, payouts_command, publish, quote, run_command,
         schemas_command, sequencer_command,
         smoke, stack_commands, transfers_command, webhooks_command,
     )
@@ -87,7 +87,7 @@ def _register() -> None:
     cli.add_command(payee_commands.payee)
     cli.add_command(aggregator_command.aggregator)
     cli.add_command(aggregator_command.tick)
-    cli.add_command(payouts_command.payouts)
+    cli.add_command(payout_ops.payouts)  # payouts_command's group, with list|show|retry|cancel|confirm|fail
     cli.add_command(payout_now.payout)
     cli.add_command(transfers_command.transfers)
     cli.add_command(webhooks_command.webhooks)

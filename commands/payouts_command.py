@@ -22,9 +22,9 @@ def _show(state: PauseState, as_json: bool) -> None:
         console.print("payouts running")
 
 
-@click.group(short_help="Payouts: pause or resume all new payout requests (emergency stop).")
+@click.group(short_help="Payouts: list, show, retry, cancel, confirm, fail; pause or resume them all.")
 def payouts() -> None:
-    """Platform-wide controls over payout requests."""
+    """Payouts one by one (commands/payout_ops.py), and the platform-wide emergency stop."""
 
 
 @payouts.command(short_help="Stop all new payout requests; earnings keep accruing.")
@@ -32,7 +32,8 @@ def payouts() -> None:
 @click.option("--actor", default="", help="Who.")
 @click.option("--json", "as_json", is_flag=True)
 def pause(reason: str, actor: str, as_json: bool) -> None:
-    """Emergency stop: `ledger run` and the aggregator request nothing until `ledger payouts resume`."""
+    """Emergency stop: `ledger run` and the aggregator request nothing, and `ledger transfers` starts no new
+    attempt, until `ledger payouts resume` (attempts already at a provider still get their outcome)."""
     _show(set_pause(connections(Settings())[1], True, reason, actor), as_json)
 
 

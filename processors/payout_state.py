@@ -1,0 +1,68 @@
+"""Payouts as the ledger says they are (for operator commands), and waiting for an operator's event."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from ledger.codec import EventCodec, UndecodableEvent
+from ledger.payouts import Payout, PayoutBook
+from processors.dead_letters import read_dead_letters
+from processors.kafka_io import read_topic
+from processors.ledger_replay import CorruptLedger
+from runtime.settings import Settings
+
+
+def load_book(bootstrap: str, topic: str, codec: EventCodec | None = None) -> PayoutBook:
+    codec = codec or EventCodec()
+    book = PayoutBook()
+    for record in read_topic(bootstrap, topic, timeout_s=600):
+        try:
+            book.apply(codec.decode(record.value or b""))
+        except UndecodableEvent as exc:
+            raise CorruptLedger(f"{topic}[{record.partition}]@{record.offset}: {exc.reason}") from None
+    return book
+
+
+def await_verdict(settings: Settings, bootstrap: str, event_id: str, timeout_s: float) -> tuple[str, str]:
+    """("chained", "") once the event is in ledger.events, ("refused", reason) if dead-lettered, or
+    ("waiting", "") after timeout_s (the sequencer is not running, or is behind)."""
+    codec = EventCodec()
+    deadline = time.monotonic() + timeout_s
+    while True:
+        for record in read_topic(bootstrap, settings.topic_events, timeout_s=120):
+            try:
+                if codec.decode(record.value or b"").envelope.event_id == event_id:
+                    return "chained", ""
+            except UndecodableEvent:
+                continue
+        for entry in read_dead_letters(bootstrap, settings.topic_dlq):
+            try:
+                if codec.decode(entry.value).envelope.event_id == event_id:
+                    return "refused", entry.reason
+            except UndecodableEvent:
+                continue
+        if time.monotonic() >= deadline:
+            return "waiting", ""
+        time.sleep(0.5)  # polling the log with a bounded deadline
+
+
+def payout_summary(payout: Payout) -> dict[str, Any]:
+    return {
+        "payout_id": payout.payout_id, "payee_id": payout.payee_id, "status": payout.status.value,
+        "amount_minor": payout.amount.amount_minor, "currency": payout.amount.currency.code,
+        "amount": payout.amount.to_major_string(), "method": payout.method, "period_id": payout.period_id,
+        "trigger": payout.trigger, "attempts": len(payout.attempts), "reason_code": payout.reason_code,
+        "message": payout.message, "provider_reference": payout.provider_reference, "reversed": payout.reversed,
+        "requested_at": payout.requested_at.isoformat(),
+        "updated_at": payout.updated_at.isoformat() if payout.updated_at else None,
+        "next_attempt_due": payout.due_at.isoformat() if payout.due_at else None,
+    }
+
+
+def payout_detail(payout: Payout) -> dict[str, Any]:
+    return {**payout_summary(payout), "cancel_reason": payout.cancel_reason, "timeline": [
+        {"attempt": a.number, "provider": a.provider, "submitted_at": a.submitted_at.isoformat(),
+         "outcome": a.outcome or "in progress", "provider_reference": a.provider_reference,
+         "reason_code": a.reason_code, "message": a.message, "retryable": a.retryable,
+         "finished_at": a.finished_at.isoformat() if a.finished_at else None} for a in payout.attempts]}
