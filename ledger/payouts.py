@@ -267,3 +267,14 @@ def retry_scheduled(payout: Payout, next_attempt: int, provider: str, due_at: da
 
 def cancelled(payout: Payout, reason: str, actor: str, now: datetime) -> Event:
     return _event("PayoutCancelled", payout, now, None, reason=reason, actor=actor)
+
+
+def expiry_hold(payout: Payout, attempt: int, hours: float, now: datetime) -> Event:
+    """Hold the payee whose transfer expired unanswered: its money is back in the balance, but the provider
+    may still complete the transfer, so nothing more is paid until an operator has checked and released."""
+    envelope = new_envelope("PayeeHoldSet", payee_id=payout.payee_id, occurred_at=now, recorded_at=now,
+                            correlation_id=payout.payout_id,
+                            event_id=outcome_event_id(payout.payout_id, attempt, "expiry-hold"))
+    return Event(envelope, {"held": True, "actor": "transfer-processor", "reason": (
+        f"payout {payout.payout_id} was still processing at the provider after {hours:g} h and is recorded as "
+        "failed; check with the provider before `ledger payee release`")})

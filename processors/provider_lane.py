@@ -19,9 +19,10 @@ from connectors.circuit_breaker import CircuitBreaker
 class TokenBucket:
     """At most `rate_per_s` starts per second on average, bursts up to `burst`; thread-safe."""
 
-    def __init__(self, rate_per_s: float, burst: int | None = None, monotonic: Callable[[], float] = time.monotonic) -> None:
+    def __init__(self, rate_per_s: float, burst: int | None = None, monotonic: Callable[[], float] = time.monotonic,
+                 sleep: Callable[[float], None] = time.sleep) -> None:
         self.rate, self.capacity = rate_per_s, float(burst or max(1, int(rate_per_s)))
-        self._tokens, self._monotonic = self.capacity, monotonic
+        self._tokens, self._monotonic, self._sleep = self.capacity, monotonic, sleep
         self._last = monotonic()
         self._lock = threading.Lock()
 
@@ -31,11 +32,11 @@ class TokenBucket:
                 now = self._monotonic()
                 self._tokens = min(self.capacity, self._tokens + (now - self._last) * self.rate)
                 self._last = now
-                if self._tokens >= 1:
-                    self._tokens -= 1
+                if self._tokens >= 1 - 1e-9:  # tolerance: float refills land a hair below 1
+                    self._tokens = max(0.0, self._tokens - 1)
                     return
                 wait = (1 - self._tokens) / self.rate
-            time.sleep(wait)  # pacing a provider, not waiting for asynchronous work
+            self._sleep(wait)  # pacing a provider, not waiting for asynchronous work
 
 
 @dataclass(frozen=True)

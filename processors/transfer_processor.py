@@ -406,6 +406,7 @@ class TransferProcessor:
         hours = self.settings.mobile_money_max_pending_s / 3600
         self._send(records.failed(payout, payout.current.number, provider, "processing_expired",
                                   f"still processing at the provider after {hours:g} h", False, now))
+        self._send(records.expiry_hold(payout, payout.current.number, hours, now))  # decisions §25
         self.stats.expired += 1
         self._count_failure("processing_expired")
 

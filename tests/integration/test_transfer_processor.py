@@ -126,3 +126,25 @@ def test_a_cancelled_payout_never_reaches_the_provider(settings, stripe_server):
     assert book_of(settings).get(payout.payout_id).status.value == "cancelled"
     assert stripe_server.transfers() == [] and worker.stats.submitted == 0
     assert dead_letters(settings) == []
+
+
+def test_an_operator_retry_makes_a_waiting_payout_due_now(settings, stripe_server, tmp_path):
+    import json
+    import subprocess
+
+    from tests.integration.cli_env import LEDGER, env_for
+
+    settings = stripe_settings(settings, stripe_server, retry_delays_s=[3600, 3600, 3600])
+    (request,) = request_payouts(settings, {"w1": ("stripe_standard", stripe_server.create_account())})
+    payout_id = request.payload["payout_id"]
+    stripe_server.inject(path_prefix="/v1/transfers", method="POST", kind="rate_limit", times=1, retry_after_s=1)
+    with sequencer_running(settings), processor_running(settings):
+        wait_until(lambda: book_of(settings).get(payout_id).status.value == "retry_wait", 30, "a retry an hour away")
+        assert book_of(settings).get(payout_id).reason_code == "rate_limited"
+        result = subprocess.run([LEDGER, "payouts", "retry", payout_id, "--actor", "ops", "--json"],
+                                env=env_for(settings, tmp_path), capture_output=True, text=True, timeout=120)
+        assert result.returncode == 0, result.stderr
+        assert json.loads(result.stdout)["verdict"] == "chained"
+        wait_until(lambda: all_final(settings, {payout_id}), 30, "the retried payout settled")
+    assert types_of(settings, payout_id)[-1] == ("PayoutSettled", 2)
+    assert len(stripe_server.transfers()) == 1
