@@ -73,12 +73,13 @@ def list_payouts(statuses: tuple[str, ...], payee: str | None, method: str | Non
         emit_json({"payouts": rows, "total": len(found)})
         return
     table = Table(title=f"{len(rows)} of {len(found)} payouts")
-    for column in ("payout", "payee", "amount", "method", "status", "attempts", "reason", "requested"):
-        table.add_column(column)
+    table.add_column("payout", overflow="fold")
+    for column in ("payee", "amount", "method", "status", "tries", "reason", "requested"):
+        table.add_column(column, overflow="fold")
     for row in rows:
         table.add_row(row["payout_id"], row["payee_id"], f"{row['amount']} {row['currency']}", row["method"],
                       row["status"] + (" (reversed)" if row["reversed"] else ""), str(row["attempts"]),
-                      row["reason_code"], row["requested_at"][:19])
+                      row["reason_code"], row["requested_at"][:10])
     console.print(table)
 
 
