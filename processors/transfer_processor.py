@@ -51,6 +51,9 @@ POLLED_PROVIDERS = ("mobile_money", "bank_transfer")  # their final outcome is a
 AWAIT_CHAIN_S = 120.0  # a submit not chained by then was refused (or is stuck): decide again
 UNKNOWN_RETRY_S = 30.0  # after a connector raised: look the payout up again after this long
 PAUSE_CHECK_S = 5.0
+# A lookup or status check failing with these says nothing about the transfer: the question went unanswered.
+UNANSWERED_CODES = frozenset({"timeout", "connection_error", "rate_limited", "provider_error", "provider_unavailable",
+                              "authentication_failed"})
 
 
 @dataclass
@@ -92,7 +95,8 @@ class TransferProcessor:
         self._last_poll: dict[str, float] = {}
         self._retry_decided: set[tuple[str, int]] = set()
         self._warned: set[str] = set()
-        self._paused = False
+        self._paused = database_url is not None  # until the pause is read: fail closed
+        self._pause_known = False
         self._pause_checked = 0.0
 
     def stop(self) -> None:
@@ -315,11 +319,15 @@ class TransferProcessor:
         try:
             paused = read_pause(self.database_url).paused
         except Exception as exc:  # noqa: BLE001 - the database is down: keep the last known answer
-            self.log(f"cannot read the payout pause ({type(exc).__name__}); keeping paused={self._paused}")
+            first = "" if self._pause_known else " (no new attempts until it has been read once)"
+            self.log(f"cannot read the payout pause ({type(exc).__name__}); keeping paused={self._paused}{first}")
             return
-        if paused != self._paused:
-            self.log("payouts PAUSED: no new attempts" if paused else "payouts resumed")
-        self._paused = paused
+        if paused:
+            if not self._paused or not self._pause_known:
+                self.log("payouts PAUSED: no new attempts")
+        elif self._paused:
+            self.log("payouts resumed" if self._pause_known else "payouts running")
+        self._paused, self._pause_known = paused, True
 
     # --- outcomes --------------------------------------------------------------------------------
 
@@ -337,37 +345,42 @@ class TransferProcessor:
         return drained
 
     def _on_result(self, call: CallResult) -> None:
+        lane = self.lanes[call.provider]
+        result = call.result
+        if call.mode != "poll":  # the breaker hears every answer (a half-open trial must always end)
+            if call.error or (result is not None and result.outcome is Outcome.FAILED):
+                lane.breaker.record_failure(bool(call.error) or result.retryable)
+            else:
+                lane.breaker.record_success()
         payout = self.book.get(call.payout_id)
         if payout is None or payout.status.terminal:
             return  # settled or failed meanwhile (a webhook, an operator)
         now = self.clock()
-        lane = self.lanes[call.provider]
         current = payout.current
         if current is None or current.number != call.attempt:
             return  # an answer about an attempt that is no longer the current one
-        if call.result is None:
-            if call.error:  # the connector raised: outcome unknown, ask again later (never guess)
-                self.stats.unknown_outcomes += 1
-                self.log(f"{call.provider} {call.mode} of {call.payout_id} raised {call.error}; asking again "
-                         f"in {UNKNOWN_RETRY_S:.0f} s")
-                self._unknown_until[call.payout_id] = time.monotonic() + UNKNOWN_RETRY_S
+        unanswered = result is not None and call.mode != "submit" and result.outcome is Outcome.FAILED and (
+            result.reason_code in UNANSWERED_CODES)
+        if call.error or unanswered:  # the question got no answer: the outcome is unknown, ask again later
+            self.stats.unknown_outcomes += 1
+            why = call.error or f"{result.reason_code}: {result.message}"
+            if call.mode != "poll":
+                wait_s = max(UNKNOWN_RETRY_S, (result.retry_after_s or 0) if result else 0)
+                self._unknown_until[call.payout_id] = time.monotonic() + wait_s
                 self._fresh.discard((call.payout_id, call.attempt))
-            elif call.mode == "resolve":  # the provider has nothing under this payout: pay it now
-                self.lanes[call.provider].submit([self._request(payout, call.attempt)])
+                self.log(f"{call.provider} {call.mode} of {call.payout_id}: {why}; asking again in {wait_s:.0f} s")
+            return  # a poll is simply asked again at the next poll
+        if result is None:
+            if call.mode == "resolve":  # the provider has nothing under this payout: pay it now
+                lane.submit([self._request(payout, call.attempt)])
             else:
                 self.log(f"{call.provider} does not know payout {call.payout_id}, which it accepted")
             return
-        result = call.result
         if call.mode == "resolve":
             self.stats.resolved_by_lookup += 1
         if call.mode == "poll" and result.outcome is Outcome.PENDING:
             self._expire_if_stale(payout, lane.name, now)
             return
-        if call.mode != "poll":
-            if result.outcome is Outcome.FAILED:
-                lane.breaker.record_failure(result.retryable)
-            else:
-                lane.breaker.record_success()
         crash_point("before_outcome")
         attempt = call.attempt
         if result.outcome is Outcome.SETTLED:
