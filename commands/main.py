@@ -68,7 +68,7 @@ def cli() -> None:
 
 def _register() -> None:
     from commands import (
-        aggregator_command, dlq, payee_commands, payout_now, payout_ops, payouts_command, publish, quote, run_command,
+        aggregator_command, dlq, payee_commands, payout_now, payout_ops, publish, quote, run_command,
         schemas_command, sequencer_command,
         smoke, stack_commands, transfers_command, webhooks_command,
     )

@@ -4,14 +4,11 @@ from __future__ import annotations
 
 import json
 import subprocess
-import threading
 
 from ledger.codec import EventCodec
 from processors.payout_run import fold_ledger
-from processors.transfer_processor import TransferProcessor
-from runtime.providers import build_connectors
 from tests.integration.cli_env import LEDGER, env_for
-from tests.integration.transfer_helpers import book_of, request_payouts, sequencer_running, wait_until
+from tests.integration.transfer_helpers import book_of, processor_running, request_payouts, sequencer_running, wait_until
 
 
 def cli(env, *args: str, ok: bool = True) -> subprocess.CompletedProcess[str]:
@@ -32,15 +29,9 @@ def test_operators_list_show_confirm_fail_retry_and_cancel_manual_payouts(settin
         again = cli(env, "payouts", "cancel", requested["m-cancel"], "--reason", "again", ok=False)
         assert "is cancelled" in again.stderr and again.returncode == 1
 
-        worker = TransferProcessor(settings, settings.kafka_bootstrap, build_connectors(settings))
-        thread = threading.Thread(target=worker.run, kwargs={"handle_signals": False}, daemon=True)
-        thread.start()
-        try:
+        with processor_running(settings):
             wait_until(lambda: {p.status.value for pid, p in book_of(settings).payouts.items()
-                                if pid != requested["m-cancel"]} == {"at_provider"}, 30, "manual payouts at the operator")
-        finally:
-            worker.stop()
-            thread.join(timeout=30)
+                            if pid != requested["m-cancel"]} == {"at_provider"}, 30, "manual payouts at the operator")
 
         listed = json.loads(cli(env, "payouts", "list", "--status", "at_provider", "--json").stdout)
         assert {row["payee_id"] for row in listed["payouts"]} == {"m-paid", "m-failed"}

@@ -2,18 +2,14 @@
 
 from __future__ import annotations
 
-import threading
-from contextlib import contextmanager
 
 import pytest
 
 from ledger.codec import EventCodec
 from processors.payout_run import fold_ledger
-from processors.transfer_processor import TransferProcessor
-from runtime.providers import build_connectors
-from tests.integration.sequencing_helpers import dead_letters, ledger_events
+from tests.integration.sequencing_helpers import dead_letters
 from tests.integration.transfer_helpers import (all_final, book_of, outcome_counts, request_payouts,
-                                                sequencer_running, wait_until)
+                                                sequencer_running, wait_until, processor_running, types_of)
 from tests.stripe_server import StripeTestServer
 
 
@@ -26,23 +22,6 @@ def stripe_server():
 def stripe_settings(settings, server, **changes):
     return settings.model_copy(update={"stripe_api_key": "sk_test_ledger", "stripe_api_base": server.url,
                                        "stripe_timeout_s": 3.0, "retry_delays_s": [1, 1, 1], **changes})
-
-
-@contextmanager
-def processor_running(settings):
-    worker = TransferProcessor(settings, settings.kafka_bootstrap, build_connectors(settings))
-    thread = threading.Thread(target=worker.run, kwargs={"handle_signals": False}, daemon=True)
-    thread.start()
-    try:
-        yield worker
-    finally:
-        worker.stop()
-        thread.join(timeout=30)
-
-
-def types_of(settings, payout_id):
-    return [(e.event_type, e.payload.get("attempt", e.payload.get("next_attempt"))) for e, _ in ledger_events(settings)
-            if e.event_type.startswith("Payout") and e.payload.get("payout_id") == payout_id]
 
 
 def test_payouts_are_paid_once_and_a_bad_account_fails_and_returns_the_money(settings, stripe_server):

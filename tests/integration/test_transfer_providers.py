@@ -8,11 +8,9 @@ import os
 import threading
 import time
 import uuid
-from contextlib import contextmanager
 from datetime import datetime, timedelta
 from pathlib import Path
 
-import pytest
 
 from connectors.bank_transfer import iban_problem
 from connectors.circuit_breaker import BreakerState
@@ -21,13 +19,11 @@ from ledger.codec import EventCodec
 from processors.kafka_io import read_topic
 from processors.payout_run import fold_ledger
 from processors.provider_lane import utc_now
-from processors.transfer_processor import TransferProcessor
 from projections.payout_controls import set_pause
 from runtime.kafka_admin import ensure_topics
-from runtime.providers import build_connectors
 from tests.integration.sequencing_helpers import ledger_events
 from tests.integration.transfer_helpers import (all_final, book_of, outcome_counts, request_payouts,
-                                                sequencer_running, wait_until)
+                                                sequencer_running, wait_until, processor_running, types_of)
 from tests.mobile_money_server import MobileMoneyTestServer
 from tests.stripe_server import StripeTestServer
 
@@ -49,29 +45,6 @@ class ShiftedClock:
     def advance(self, seconds: float) -> None:
         with self._lock:
             self._offset += timedelta(seconds=seconds)
-
-
-@contextmanager
-def processor_running(settings, *, clock=None, database_url=None, log_lines=None):
-    kwargs = {"database_url": database_url}
-    if clock is not None:
-        kwargs["clock"] = clock
-    if log_lines is not None:
-        kwargs["log"] = log_lines.append
-    worker = TransferProcessor(settings, settings.kafka_bootstrap, build_connectors(settings), **kwargs)
-    thread = threading.Thread(target=worker.run, kwargs={"handle_signals": False}, daemon=True)
-    thread.start()
-    try:
-        yield worker
-    finally:
-        worker.stop()
-        thread.join(timeout=30)
-        assert not thread.is_alive(), "the transfer processor did not stop within 30 s"
-
-
-def types_of(settings, payout_id):
-    return [(e.event_type, e.payload.get("attempt", e.payload.get("next_attempt"))) for e, _ in ledger_events(settings)
-            if e.event_type.startswith("Payout") and e.payload.get("payout_id") == payout_id]
 
 
 def statuses(settings, requested):

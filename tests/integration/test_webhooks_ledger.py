@@ -4,18 +4,15 @@ from __future__ import annotations
 
 import signal
 import subprocess
-import threading
 
 import httpx
 
 from ledger.codec import EventCodec
 from processors.payout_run import fold_ledger
-from processors.transfer_processor import TransferProcessor
 from runtime.processes import free_port
-from runtime.providers import build_connectors
 from tests.integration.cli_env import LEDGER, env_for
 from tests.integration.sequencing_helpers import ledger_events
-from tests.integration.transfer_helpers import book_of, request_payouts, sequencer_running, wait_until
+from tests.integration.transfer_helpers import book_of, processor_running, request_payouts, sequencer_running, wait_until
 from tests.stripe_server import StripeTestServer
 
 SECRET = "whsec_ledger_e2e"
@@ -41,15 +38,9 @@ def test_instant_payout_paid_then_failed_reaches_the_ledger_and_returns_the_mone
                     return False
             wait_until(up, 30, "the webhook endpoint", every_s=0.1)
             with sequencer_running(settings):
-                worker = TransferProcessor(settings, settings.kafka_bootstrap, build_connectors(settings))
-                thread = threading.Thread(target=worker.run, kwargs={"handle_signals": False}, daemon=True)
-                thread.start()
-                try:
+                with processor_running(settings):
                     wait_until(lambda: book_of(settings).get(payout_id).status.value == "at_provider", 30,
-                               "the instant payout accepted by Stripe")
-                finally:
-                    worker.stop()
-                    thread.join(timeout=30)
+                           "the instant payout accepted by Stripe")
                 (stripe_payout,) = stripe_server.payouts()
                 assert stripe_payout["metadata"]["payout_id"] == payout_id
 

@@ -7,13 +7,15 @@ import time
 from collections import Counter
 from contextlib import contextmanager
 from datetime import datetime, timedelta, timezone
-from typing import Callable, Iterator
+from typing import Callable
 
 from ledger.codec import EventCodec
 from ledger.payouts import PayoutBook
 from processors.ledger_client import LedgerClient
 from processors.payout_run import fold_ledger, plan_run, send_commands
 from processors.sequencer import Sequencer
+from processors.transfer_processor import TransferProcessor
+from runtime.providers import build_connectors
 from runtime.plans import plan_book
 from runtime.settings import Settings
 from tests.integration.sequencing_helpers import ledger_events, run_sequencer
@@ -40,8 +42,8 @@ def request_payouts(settings: Settings, payees: dict[str, tuple[str, str]], mino
 
 
 @contextmanager
-def sequencer_running(settings: Settings) -> Iterator[Sequencer]:
-    worker = Sequencer(settings, settings.kafka_bootstrap)
+def running(worker):  # noqa: ANN001 - anything with run(handle_signals=) and stop()
+    """Run a worker (sequencer, transfer processor) in a thread for the duration of the block."""
     thread = threading.Thread(target=worker.run, kwargs={"handle_signals": False}, daemon=True)
     thread.start()
     try:
@@ -49,6 +51,26 @@ def sequencer_running(settings: Settings) -> Iterator[Sequencer]:
     finally:
         worker.stop()
         thread.join(timeout=30)
+        assert not thread.is_alive(), f"{type(worker).__name__} did not stop within 30 s"
+
+
+def sequencer_running(settings: Settings):
+    return running(Sequencer(settings, settings.kafka_bootstrap))
+
+
+def processor_running(settings: Settings, *, clock=None, database_url=None, log_lines=None):  # noqa: ANN001
+    kwargs = {"database_url": database_url}
+    if clock is not None:
+        kwargs["clock"] = clock
+    if log_lines is not None:
+        kwargs["log"] = log_lines.append
+    return running(TransferProcessor(settings, settings.kafka_bootstrap, build_connectors(settings), **kwargs))
+
+
+def types_of(settings: Settings, payout_id: str) -> list[tuple[str, int | None]]:
+    """The payout's lifecycle events in ledger order, with their attempt."""
+    return [(e.event_type, e.payload.get("attempt", e.payload.get("next_attempt"))) for e, _ in ledger_events(settings)
+            if e.event_type.startswith("Payout") and e.payload.get("payout_id") == payout_id]
 
 
 def book_of(settings: Settings) -> PayoutBook:
