@@ -59,16 +59,25 @@ class ProviderLane:
         self._results = results
         self.concurrency = concurrency
         self.busy: set[str] = set()  # payout ids with a call in flight (touched by the processor loop only)
+        self._submitting: set[str] = set()  # of those, the ones being paid (not looked up)
         self.batches = hasattr(connector, "submit_batch")
 
     @property
     def free_slots(self) -> int:
-        return self.concurrency - len(self.busy) if not self.batches else 1 if not self.busy else 0
+        """How many more payments may start now: for a batching provider, one batch at a time."""
+        if self.batches:
+            return 0 if self._submitting else 1
+        return self.concurrency - len(self.busy)
+
+    @property
+    def lookup_slots(self) -> int:
+        return self.concurrency - len(self.busy)
 
     def submit(self, requests: list[TransferRequest]) -> None:
         """Pay these out (several at once only for a batching provider: one bank file)."""
         for request in requests:
             self.busy.add(request.payout_id)
+            self._submitting.add(request.payout_id)
         self._pool.submit(self._run, requests, "submit")
 
     def resolve(self, request: TransferRequest, mode: str) -> None:
@@ -78,6 +87,7 @@ class ProviderLane:
 
     def done(self, payout_id: str) -> None:
         self.busy.discard(payout_id)
+        self._submitting.discard(payout_id)
 
     def _run(self, requests: list[TransferRequest], mode: str) -> None:
         try:

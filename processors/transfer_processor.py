@@ -91,6 +91,7 @@ class TransferProcessor:
         self._active: set[str] = set()  # payouts not settled, failed or cancelled
         self._awaiting: dict[str, tuple[int, float]] = {}  # payout -> (attempt whose submit is sent, when)
         self._fresh: set[tuple[str, int]] = set()  # attempts this process recorded: call the provider directly
+        self._cleared: set[tuple[str, int]] = set()  # attempts the provider was asked about and has nothing of
         self._unknown_until: dict[str, float] = {}  # payout -> monotonic time before which it is not asked again
         self._last_poll: dict[str, float] = {}
         self._retry_decided: set[tuple[str, int]] = set()
@@ -221,7 +222,7 @@ class TransferProcessor:
             elif status is PayoutStatus.SUBMITTED:
                 acted |= self._call(payout, lane, mono, to_submit)
             elif status is PayoutStatus.AT_PROVIDER and lane.name in POLLED_PROVIDERS:
-                if mono - self._last_poll.get(payout_id, 0.0) >= self.settings.pending_poll_s and lane.free_slots > 0:
+                if mono - self._last_poll.get(payout_id, 0.0) >= self.settings.pending_poll_s and lane.lookup_slots > 0:
                     self._last_poll[payout_id] = mono
                     lane.resolve(self._request(payout, payout.current.number), "poll")
                     acted = True
@@ -265,15 +266,21 @@ class TransferProcessor:
         if self._unknown_until.get(payout.payout_id, 0.0) > mono:
             return False
         request = self._request(payout, attempt)
+        # An attempt this process recorded is paid directly, and so is one the provider was asked about and
+        # has nothing of. One recorded before a crash, and every retry (it gets a new idempotency key),
+        # first asks the provider for anything under the payout id.
+        key = (payout.payout_id, attempt)
+        direct = key in self._cleared or (attempt == 1 and key in self._fresh)
         batch = to_submit.get(lane.name)
-        if batch is not None and lane.batches:  # joins the file already being made in this round
+        if direct and batch is not None and lane.batches:  # joins the file already being made in this round
+            self._cleared.discard(key)
             batch.append(request)
             return True
-        if lane.free_slots - len(batch or ()) <= 0 or not lane.breaker.allow():
+        slots = lane.free_slots - len(batch or ()) if direct else lane.lookup_slots
+        if slots <= 0 or not lane.breaker.allow():
             return False
-        # An attempt this process recorded is paid directly. One recorded before a crash, and every retry
-        # (it gets a new idempotency key), first asks the provider for anything under the payout id.
-        if attempt == 1 and (payout.payout_id, attempt) in self._fresh:
+        if direct:
+            self._cleared.discard(key)
             to_submit.setdefault(lane.name, []).append(request)
         else:
             lane.resolve(request, "resolve")
@@ -368,11 +375,12 @@ class TransferProcessor:
                 wait_s = max(UNKNOWN_RETRY_S, (result.retry_after_s or 0) if result else 0)
                 self._unknown_until[call.payout_id] = time.monotonic() + wait_s
                 self._fresh.discard((call.payout_id, call.attempt))
+                self._cleared.discard((call.payout_id, call.attempt))
                 self.log(f"{call.provider} {call.mode} of {call.payout_id}: {why}; asking again in {wait_s:.0f} s")
             return  # a poll is simply asked again at the next poll
         if result is None:
-            if call.mode == "resolve":  # the provider has nothing under this payout: pay it now
-                lane.submit([self._request(payout, call.attempt)])
+            if call.mode == "resolve":  # the provider has nothing under this payout: pay it at the next round
+                self._cleared.add((call.payout_id, call.attempt))  # (with others: one bank file, not one each)
             else:
                 self.log(f"{call.provider} does not know payout {call.payout_id}, which it accepted")
             return

@@ -259,6 +259,34 @@ def test_bank_transfers_go_out_in_one_file_and_settle_from_the_status_report(set
     assert unpaid_minor(settings, "b0", "EUR") == 0
 
 
+def test_attempts_recorded_before_a_crash_are_looked_up_then_sent_in_one_file(settings, tmp_path):
+    from ledger import payouts as records
+    from processors.payout_run import send_commands
+    from tests.integration.sequencing_helpers import run_sequencer
+
+    outbox = tmp_path / "bank" / "outbox"
+    settings = single_partition_topics(settings).model_copy(update={
+        "bank_debtor_iban": "DE89370400440532013000", "bank_outbox_dir": outbox,
+        "bank_status_dir": tmp_path / "bank" / "status"})
+    requested = request_payouts(settings, {f"r{i}": ("bank_transfer", german_iban(100 + i)) for i in range(4)},
+                                currency="EUR", minor=5000)
+    # an earlier processor recorded every attempt, then died before calling the bank
+    book = book_of(settings)
+    recorded = [records.submitted(book.get(e.payload["payout_id"]), 1, "bank_transfer", e.payload["payout_id"],
+                                  e.envelope.occurred_at) for e in requested]
+    send_commands(settings.kafka_bootstrap, settings.topic_commands, recorded, EventCodec())
+    run_sequencer(settings, idle_exit_s=1.0)
+    assert set(statuses(settings, {e.payee_id: e for e in requested}).values()) == {"submitted"}
+    with sequencer_running(settings), processor_running(settings) as worker:
+        wait_until(lambda: set(statuses(settings, {e.payee_id: e for e in requested}).values()) == {"at_provider"},
+                   30, "the recovered attempts at the bank")
+        assert worker.stats.submitted == 0  # nothing was recorded again
+    files = sorted(outbox.glob("pain001-*.xml"))
+    assert len(files) == 1, [f.name for f in files]  # asked one by one, sent together
+    assert sorted(t.end_to_end_id for t in read_credit_transfers(files[0].read_bytes()).transfers) == sorted(
+        end_to_end_id_of(e.payload["payout_id"]) for e in requested)
+
+
 # --- protections (Stripe) ----------------------------------------------------------------------------
 
 
