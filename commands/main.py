@@ -70,7 +70,7 @@ def _register() -> None:
     from commands import (
         aggregator_command, dlq, payee_commands, payout_now, payout_ops, publish, quote, run_command,
         schemas_command, sequencer_command,
-        smoke, stack_commands, transfers_command, webhooks_command,
+        projections_command, smoke, stack_commands, transfers_command, webhooks_command,
     )
 
     cli.add_command(stack_commands.up)
@@ -91,6 +91,9 @@ def _register() -> None:
     cli.add_command(payout_now.payout)
     cli.add_command(transfers_command.transfers)
     cli.add_command(webhooks_command.webhooks)
+    cli.add_command(projections_command.projector)
+    cli.add_command(projections_command.projections)
+    cli.add_command(projections_command.verify)
 
 
 _register()

@@ -103,6 +103,7 @@ class PayoutBook:
     def __init__(self) -> None:
         self.payouts: dict[str, Payout] = {}
         self.destinations: dict[str, tuple[str, str]] = {}  # payee -> (method, destination)
+        self.requests: dict[str, Any] = {}  # payout id -> its PayoutRequested payload (the breakdown)
         self._applied: set[str] = set()
 
     def get(self, payout_id: str) -> Payout | None:
@@ -164,6 +165,7 @@ class PayoutBook:
     def _on_PayoutRequested(self, p: Any, envelope: Any) -> None:
         if p["payout_id"] in self.payouts:
             return
+        self.requests[p["payout_id"]] = p
         self.payouts[p["payout_id"]] = Payout(
             p["payout_id"], envelope.payee_id, p["net"], p["payout_method"], p["period_id"], p["trigger"],
             envelope.occurred_at)

@@ -1,7 +1,7 @@
 """What the provider test doubles share: a JSON HTTP server on a thread, fault bookkeeping, request logs.
 
 A double subclasses :class:`ThreadedTestServer` (its state, its rules, ``handle`` and ``_control``) and
-:class:`TestRequestHandler` (how one request reaches ``handle``), and names the handler in
+:class:`ThreadedTestHandler` (how one request reaches ``handle``), and names the handler in
 ``handler_class``. Everything here is provider-neutral; the provider's rules stay in its own module.
 """
 
@@ -32,10 +32,9 @@ class Fault:
                 and path.startswith(self.path_prefix))
 
 
-class TestRequestHandler(BaseHTTPRequestHandler):
+class ThreadedTestHandler(BaseHTTPRequestHandler):
     """Reads a request, serves /_test/ controls, otherwise asks ``_answer``; counts it as in flight."""
 
-    __test__ = False  # not a pytest test class despite the name
     test_server: ThreadedTestServer  # bound by ThreadedTestServer.start
     sys_version = ""
     json_indent: Optional[int] = None
@@ -108,8 +107,7 @@ class TestRequestHandler(BaseHTTPRequestHandler):
 class ThreadedTestServer:
     """Lifecycle, faults, request log, creation counts and /_test/ plumbing of a stateful HTTP double."""
 
-    __test__ = False  # not a pytest test class despite the name
-    handler_class: Type[TestRequestHandler] = TestRequestHandler
+    handler_class: Type[ThreadedTestHandler] = ThreadedTestHandler
     thread_name = "threaded-test-server"
     fault_kinds: Tuple[str, ...] = ()
 
@@ -170,6 +168,10 @@ class ThreadedTestServer:
         """Forget all state, faults and logs; back to the constructor's settings."""
         with self._lock:
             self._init_state()
+
+    def inject(self, kind: str, **fields: Any) -> None:
+        """Arm a fault: each double names its own fields, builds a :class:`Fault` and calls ``_arm_fault``."""
+        raise NotImplementedError
 
     def clear_faults(self) -> None:
         with self._lock:
@@ -255,7 +257,7 @@ class ThreadedTestServer:
                 self.reset()
                 return 200, {"ok": True}
             if method == "POST" and parts == ["faults"]:
-                self.inject(**data)  # type: ignore[attr-defined]  # each double has its own signature
+                self.inject(**data)
                 return 200, {"ok": True}
             answer = self._control(method, parts, data)
         except (TypeError, ValueError, KeyError, ArithmeticError) as exc:

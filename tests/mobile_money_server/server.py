@@ -44,12 +44,12 @@ from __future__ import annotations
 import base64
 import json
 import re
-import threading
 import time
 import urllib.parse
 from decimal import Decimal
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Callable, Dict, List, Optional, Tuple
+
+from ..threaded_http_server import Answer, Fault, ThreadedTestHandler, ThreadedTestServer
 
 FAULT_KINDS = ("rate_limit", "server_error", "unauthorized", "slow", "drop", "accepted_then_500",
                "accepted_then_drop")
@@ -79,97 +79,47 @@ class _Drop(Exception):
     """Close the connection without an answer."""
 
 
-class _Fault:
-    def __init__(self, kind: str, path_prefix: str, method: Optional[str], times: int, retry_after_s: float,
-                 delay_s: float, status: Optional[int], after: int):
-        self.kind, self.path_prefix = kind, path_prefix
-        self.method = method.upper() if method else None
-        self.remaining, self.retry_after_s, self.delay_s, self.status = times, retry_after_s, delay_s, status
-        self.after = after  # matching requests let through before the fault applies
+class _Handler(ThreadedTestHandler):
+    """Hands the raw body to the provider; answers compact JSON."""
 
-    def matches(self, method: str, path: str) -> bool:
-        return (self.remaining > 0 and (self.method is None or self.method == method)
-                and path.startswith(self.path_prefix))
+    test_server: MobileMoneyTestServer
+    server_version = "mobile-money-test-double/1.0"
+
+    def _answer(self, method: str, split: urllib.parse.SplitResult, raw: bytes) -> Answer:
+        return self.test_server.handle(method, split.path, self.headers, raw)
 
 
-class MobileMoneyTestServer:
-    """Stateful mobile-money provider double. See the module docstring for semantics."""
+class MobileMoneyTestServer(ThreadedTestServer):
+    """Stateful mobile-money provider double. See the module docstring for semantics.
+
+    ``requests_log()`` rows are (method, path, status).
+    """
+
+    handler_class = _Handler
+    thread_name = "mobile-money-test-server"
+    fault_kinds = FAULT_KINDS
 
     def __init__(self, port: int = 0, host: str = "127.0.0.1", client_id: str = "ledger-client",
                  client_secret: str = "ledger-secret", token_ttl_s: float = 3600.0,
                  complete_after_polls: Optional[int] = None, clock: Callable[[], float] = time.monotonic):
-        self._host, self._port = host, port
         self.client_id, self.client_secret = client_id, client_secret
         self._defaults = {"token_ttl_s": float(token_ttl_s), "complete_after_polls": complete_after_polls}
         self._clock = clock
-        self._lock = threading.RLock()
-        self._idle = threading.Condition(self._lock)
-        self._in_flight = 0
-        self._httpd: Optional[ThreadingHTTPServer] = None
-        self._thread: Optional[threading.Thread] = None
-        self._init_state()
+        super().__init__(port, host)  # calls _init_state, which reads the settings above
 
     def _init_state(self) -> None:
+        super()._init_state()
         self.token_ttl_s: float = self._defaults["token_ttl_s"]
         self.complete_after_polls: Optional[int] = self._defaults["complete_after_polls"]
         self._tokens: Dict[str, float] = {}  # token -> expiry on self._clock
         self._tokens_issued = 0
         self._transactions: Dict[str, Dict[str, Any]] = {}  # partnerTransactionId -> transaction
-        self._creations: Dict[str, int] = {}
         self._failing: Dict[str, Tuple[str, str]] = {}  # msisdn -> (provider code, "submit"|"completion")
         self._balances: Dict[str, Decimal] = {}  # unit -> partner balance (absent: unlimited)
         self._limits: Dict[str, Decimal] = {}  # unit -> largest single cash-in
-        self._faults: List[_Fault] = []
-        self._log: List[Tuple[str, str, int]] = []
         self._sequence = 0
 
-    # ------------------------------------------------------------ lifecycle
-    def start(self) -> "MobileMoneyTestServer":
-        if self._httpd is not None:
-            return self
-        server = self
-
-        class Handler(_Handler):
-            provider = server
-
-        self._httpd = ThreadingHTTPServer((self._host, self._port), Handler)
-        self._httpd.daemon_threads = True
-        self._thread = threading.Thread(target=self._httpd.serve_forever, kwargs={"poll_interval": 0.05},
-                                        name="mobile-money-test-server", daemon=True)
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        if self._httpd is None:
-            return
-        self._httpd.shutdown()
-        self._httpd.server_close()
-        if self._thread is not None:
-            self._thread.join(timeout=5)
-        self._httpd, self._thread = None, None
-
-    def __enter__(self) -> "MobileMoneyTestServer":
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
-
-    @property
-    def port(self) -> int:
-        if self._httpd is None:
-            raise RuntimeError("server not started")
-        return self._httpd.server_address[1]
-
-    @property
-    def url(self) -> str:
-        return f"http://{self._host}:{self.port}"
-
     # ------------------------------------------------------ control (Python)
-    def reset(self) -> None:
-        """Forget transactions, tokens, faults and registries; back to the constructor's settings."""
-        with self._lock:
-            self._init_state()
-
     def configure(self, complete_after_polls: Any = "unchanged", token_ttl_s: Optional[float] = None) -> None:
         with self._lock:
             if complete_after_polls != "unchanged":
@@ -183,19 +133,7 @@ class MobileMoneyTestServer:
                times: int = 1, retry_after_s: float = 1, delay_s: float = 1.0, status: Optional[int] = None,
                after: int = 0) -> None:
         """Arm a fault for the next `times` matching requests, once `after` matching ones have passed."""
-        if kind not in FAULT_KINDS:
-            raise ValueError(f"unknown fault kind {kind!r}; expected one of {FAULT_KINDS}")
-        with self._lock:
-            self._faults.append(_Fault(kind, path_prefix, method, int(times), retry_after_s, float(delay_s),
-                                       status, int(after)))
-
-    def clear_faults(self) -> None:
-        with self._lock:
-            self._faults.clear()
-
-    def pending_faults(self) -> List[Tuple[str, str, int]]:
-        with self._lock:
-            return [(f.kind, f.path_prefix, f.remaining) for f in self._faults if f.remaining > 0]
+        self._arm_fault(Fault(kind, path_prefix, method, times, retry_after_s, float(delay_s), status, after))
 
     def fail_msisdn(self, msisdn: str, code: str, at: str = "submit") -> None:
         """Cash-ins to `msisdn` fail with provider `code`: refused at submission, or accepted then FAILED."""
@@ -253,48 +191,7 @@ class MobileMoneyTestServer:
             found = self._transactions.get(partner_id)
             return None if found is None else self._public(found)
 
-    def creations_by_key(self) -> Dict[str, int]:
-        """How many transactions were really created per partnerTransactionId (must stay 1)."""
-        with self._lock:
-            return dict(self._creations)
-
-    def requests_log(self) -> List[Tuple[str, str, int]]:
-        """(method, path, status) of every request; status 0 = connection dropped."""
-        with self._lock:
-            return list(self._log)
-
-    def wait_idle(self, timeout: float = 10.0) -> bool:
-        """Block until no request is being handled (e.g. a ``slow`` one); False on timeout."""
-        deadline = time.monotonic() + timeout
-        with self._idle:
-            while self._in_flight:
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    return False
-                self._idle.wait(left)
-            return True
-
     # ------------------------------------------------------ request handling
-    def _enter(self) -> None:
-        with self._lock:
-            self._in_flight += 1
-
-    def _exit(self) -> None:
-        with self._idle:
-            self._in_flight -= 1
-            self._idle.notify_all()
-
-    def _take_fault(self, method: str, path: str, kinds: Tuple[str, ...]) -> Optional[_Fault]:
-        with self._lock:
-            for fault in self._faults:
-                if fault.kind in kinds and fault.matches(method, path):
-                    if fault.after > 0:
-                        fault.after -= 1
-                        continue
-                    fault.remaining -= 1
-                    return fault
-            return None
-
     def handle(self, method: str, path: str, headers: Any, raw: bytes
                ) -> Tuple[int, Dict[str, Any], Dict[str, str], Optional[str]]:
         """(status, body, headers, action); action "drop" closes the connection unanswered."""
@@ -417,7 +314,7 @@ class MobileMoneyTestServer:
                 "_polls": 0,
             }
             self._transactions[partner_id] = transaction
-            self._creations[partner_id] = self._creations.get(partner_id, 0) + 1
+            self._note_creation(partner_id)
             if self.complete_after_polls == 0:
                 self._complete(transaction)
             return 201, self._public(transaction)
@@ -463,100 +360,25 @@ class MobileMoneyTestServer:
         transaction["message"] = {"SUCCESS": "cash-in successful", "PENDING": "cash-in initiated"}.get(
             status, f"cash-in failed: {transaction['errorCode']}")
 
-    @staticmethod
-    def _public(transaction: Dict[str, Any]) -> Dict[str, Any]:
-        return {k: v for k, v in json.loads(json.dumps(transaction)).items() if not k.startswith("_")}
-
-    def _log_request(self, method: str, path: str, status: int) -> None:
-        with self._lock:
-            self._log.append((method, path, status))
-
     # ---------------------------------------------------- HTTP control API
-    def handle_control(self, method: str, path: str, raw: bytes) -> Tuple[int, Dict[str, Any]]:
-        """The Python controls under /_test/ (JSON bodies), for a processor in another process."""
-        try:
-            data = json.loads(raw or b"{}")
-        except ValueError:
-            return 400, {"error": "invalid json"}
-        parts = [p for p in path.split("/") if p][1:]
-        try:
-            if method == "POST" and parts == ["reset"]:
-                self.reset()
-            elif method == "POST" and parts == ["faults"]:
-                self.inject(**data)
-            elif method == "POST" and parts == ["fail_msisdn"]:
-                self.fail_msisdn(**data)
-            elif method == "POST" and parts == ["config"]:
-                self.configure(**data)
-            elif method == "POST" and parts == ["balance"]:
-                self.set_balance(**data)
-            elif method == "POST" and parts == ["limit"]:
-                self.set_limit(**data)
-            elif method == "POST" and parts == ["expire_tokens"]:
-                self.expire_tokens()
-            elif method == "POST" and len(parts) == 3 and parts[0] == "transactions" and parts[2] == "status":
-                return 200, self.set_status(urllib.parse.unquote(parts[1]), **data)
-            elif method == "GET" and parts == ["state"]:
-                return 200, {"transactions": self.transactions(), "creations_by_key": self.creations_by_key(),
-                             "tokens_issued": self.tokens_issued(), "pending_faults": self.pending_faults(),
-                             "requests": [list(r) for r in self.requests_log()]}
-            else:
-                return 404, {"error": "unknown control endpoint"}
-        except (TypeError, ValueError, KeyError, ArithmeticError) as exc:
-            return 400, {"error": repr(exc)}
+    def _control(self, method: str, parts: List[str], data: Any) -> Optional[Tuple[int, Dict[str, Any]]]:
+        """/_test/ endpoints beyond reset and faults."""
+        if method == "POST" and parts == ["fail_msisdn"]:
+            self.fail_msisdn(**data)
+        elif method == "POST" and parts == ["config"]:
+            self.configure(**data)
+        elif method == "POST" and parts == ["balance"]:
+            self.set_balance(**data)
+        elif method == "POST" and parts == ["limit"]:
+            self.set_limit(**data)
+        elif method == "POST" and parts == ["expire_tokens"]:
+            self.expire_tokens()
+        elif method == "POST" and len(parts) == 3 and parts[0] == "transactions" and parts[2] == "status":
+            return 200, self.set_status(urllib.parse.unquote(parts[1]), **data)
+        elif method == "GET" and parts == ["state"]:
+            return 200, {"transactions": self.transactions(), "creations_by_key": self.creations_by_key(),
+                         "tokens_issued": self.tokens_issued(), "pending_faults": self.pending_faults(),
+                         "requests": [list(r) for r in self.requests_log()]}
+        else:
+            return None
         return 200, {"ok": True}
-
-
-class _Handler(BaseHTTPRequestHandler):
-    provider: MobileMoneyTestServer
-    server_version = "mobile-money-test-double/1.0"
-    sys_version = ""
-
-    def log_message(self, format: str, *args: Any) -> None:  # silence
-        pass
-
-    def _dispatch(self, method: str) -> None:
-        provider = self.provider
-        provider._enter()
-        try:
-            self._dispatch_inner(provider, method)
-        except (BrokenPipeError, ConnectionResetError, ConnectionAbortedError):
-            pass  # the client gave up (a timeout on a slow request)
-        finally:
-            provider._exit()
-
-    def _dispatch_inner(self, provider: MobileMoneyTestServer, method: str) -> None:
-        path = urllib.parse.urlsplit(self.path).path
-        length = int(self.headers.get("Content-Length") or 0)
-        raw = self.rfile.read(length) if length else b""
-        if path.startswith("/_test/"):
-            status, body = provider.handle_control(method, path, raw)
-            self._send(status, body, {})
-            return
-        status, body, headers, action = provider.handle(method, path, self.headers, raw)
-        if action == "drop":
-            provider._log_request(method, path, 0)
-            self.close_connection = True
-            try:
-                self.connection.shutdown(2)
-            except OSError:
-                pass
-            return
-        provider._log_request(method, path, status)
-        self._send(status, body, headers)
-
-    def _send(self, status: int, body: Dict[str, Any], headers: Dict[str, str]) -> None:
-        data = json.dumps(body).encode("utf-8")
-        self.send_response(status)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        for name, value in headers.items():
-            self.send_header(name, value)
-        self.end_headers()
-        self.wfile.write(data)
-
-    def do_GET(self) -> None:
-        self._dispatch("GET")
-
-    def do_POST(self) -> None:
-        self._dispatch("POST")

@@ -62,13 +62,13 @@ import hmac
 import json
 import re
 import secrets
-import threading
 import time
 import urllib.error
 import urllib.parse
 import urllib.request
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Dict, List, Optional, Tuple
+
+from ..threaded_http_server import Answer, Fault, ThreadedTestHandler, ThreadedTestServer
 
 FAULT_KINDS = (
     "rate_limit",
@@ -150,95 +150,65 @@ def decode_form(body: str) -> Dict[str, Any]:
     return result
 
 
-class _Fault:
+class _Fault(Fault):
     def __init__(self, kind, path_prefix, method, times, retry_after_s, delay_s, should_retry, status):
-        self.kind = kind
-        self.path_prefix = path_prefix
-        self.method = method.upper() if method else None
-        self.remaining = times
-        self.retry_after_s = retry_after_s
-        self.delay_s = delay_s
+        super().__init__(kind, path_prefix, method, times, retry_after_s, delay_s, status)
         self.should_retry = should_retry
-        self.status = status
-
-    def matches(self, method: str, path: str) -> bool:
-        return (
-            self.remaining > 0
-            and (self.method is None or self.method == method)
-            and path.startswith(self.path_prefix)
-        )
 
 
-class StripeTestServer:
-    """Stateful Stripe API double. See module docstring for semantics."""
+class _Handler(ThreadedTestHandler):
+    """Decodes Stripe's form (or JSON) bodies and answers like api.stripe.com."""
 
-    def __init__(self, port: int = 0, host: str = "127.0.0.1"):
-        self._host = host
-        self._port = port
-        self._lock = threading.RLock()
-        self._idle = threading.Condition(self._lock)
-        self._httpd: Optional[ThreadingHTTPServer] = None
-        self._thread: Optional[threading.Thread] = None
-        self._in_flight = 0
-        self._init_state()
+    test_server: StripeTestServer
+    server_version = "stripe-test-double/1.0"
+    json_indent = 2
 
-    # ------------------------------------------------------------ lifecycle
+    def _answer(self, method: str, split: urllib.parse.SplitResult, raw: bytes) -> Answer:
+        ctype = (self.headers.get("Content-Type") or "").split(";")[0].strip()
+        if raw and ctype == "application/json":
+            try:
+                params = json.loads(raw)
+            except ValueError:
+                params = {}
+        else:
+            params = decode_form(raw.decode("utf-8"))
+        query = decode_form(split.query)
+        key = self.headers.get("Idempotency-Key")
+        status, body, hdrs, action = self.test_server.handle(method, split.path, query, params, self.headers)
+        if key and method == "POST":
+            hdrs.setdefault("Idempotency-Key", key)
+        return status, body, hdrs, action
+
+    def _log_entry(self, method: str, path: str, status: int) -> Tuple[Any, ...]:
+        return (method, path, self.headers.get("Idempotency-Key"), status)
+
+    def _standard_headers(self) -> Dict[str, str]:
+        return {"Request-Id": _new_id("req_"), "Stripe-Version": "2024-06-20"}
+
+    def do_DELETE(self):
+        self._dispatch("DELETE")
+
+
+class StripeTestServer(ThreadedTestServer):
+    """Stateful Stripe API double. See module docstring for semantics.
+
+    ``requests_log()`` rows are (method, path, idempotency_key, status).
+    """
+
+    handler_class = _Handler
+    thread_name = "stripe-test-server"
+    fault_kinds = FAULT_KINDS
+
+    # ---------------------------------------------------------------- state
     def _init_state(self):
+        super()._init_state()
         self._accounts: Dict[str, Dict[str, Any]] = {}
         self._transfers: Dict[str, Dict[str, Any]] = {}
         self._payouts: Dict[str, Dict[str, Any]] = {}
         # scope -> {"fingerprint", "status", "body", "headers", "key"} or in-flight marker
         self._idem: Dict[Tuple[str, str, str], Dict[str, Any]] = {}
-        self._creations: Dict[str, int] = {}
-        self._log: List[Tuple[str, str, Optional[str], int]] = []
-        self._faults: List[_Fault] = []
-
-    def start(self) -> "StripeTestServer":
-        if self._httpd is not None:
-            return self
-        server = self
-
-        class Handler(_Handler):
-            stripe_server = server
-
-        httpd = ThreadingHTTPServer((self._host, self._port), Handler)
-        httpd.daemon_threads = True
-        self._httpd = httpd
-        self._thread = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.05},
-                                        name="stripe-test-server", daemon=True)
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        if self._httpd is None:
-            return
-        self._httpd.shutdown()
-        self._httpd.server_close()
-        if self._thread is not None:
-            self._thread.join(timeout=5)
-        self._httpd = None
-        self._thread = None
-
-    def __enter__(self) -> "StripeTestServer":
-        return self.start()
-
-    def __exit__(self, *exc) -> None:
-        self.stop()
-
-    @property
-    def port(self) -> int:
-        assert self._httpd is not None, "server not started"
-        return self._httpd.server_address[1]
-
-    @property
-    def url(self) -> str:
-        return f"http://{self._host}:{self.port}"
 
     # ------------------------------------------------------ control (Python)
-    def reset(self) -> None:
-        with self._lock:
-            self._init_state()
-
     def create_account(self, account_id: Optional[str] = None, payouts_enabled: bool = True,
                        balance: Optional[int] = None, metadata: Optional[dict] = None) -> str:
         with self._lock:
@@ -273,19 +243,7 @@ class StripeTestServer:
     def inject(self, path_prefix: str = "/v1/", method: Optional[str] = "POST", kind: str = "server_error",
                times: int = 1, retry_after_s: float = 1, delay_s: float = 1.0,
                should_retry: Optional[bool] = None, status: Optional[int] = None) -> None:
-        if kind not in FAULT_KINDS:
-            raise ValueError(f"unknown fault kind {kind!r}; expected one of {FAULT_KINDS}")
-        with self._lock:
-            self._faults.append(_Fault(kind, path_prefix, method, int(times), retry_after_s,
-                                       delay_s, should_retry, status))
-
-    def clear_faults(self) -> None:
-        with self._lock:
-            self._faults.clear()
-
-    def pending_faults(self) -> List[Tuple[str, str, int]]:
-        with self._lock:
-            return [(f.kind, f.path_prefix, f.remaining) for f in self._faults if f.remaining > 0]
+        self._arm_fault(_Fault(kind, path_prefix, method, times, retry_after_s, delay_s, should_retry, status))
 
     def transfers(self) -> List[Dict[str, Any]]:
         with self._lock:
@@ -294,15 +252,6 @@ class StripeTestServer:
     def payouts(self) -> List[Dict[str, Any]]:
         with self._lock:
             return [json.loads(json.dumps(p)) for p in self._payouts.values()]
-
-    def creations_by_key(self) -> Dict[str, int]:
-        with self._lock:
-            return dict(self._creations)
-
-    def requests_log(self) -> List[Tuple[str, str, Optional[str], int]]:
-        """(method, path, idempotency_key, status); status 0 = connection dropped."""
-        with self._lock:
-            return list(self._log)
 
     def set_payout_status(self, payout_id: str, status: str, failure_code: Optional[str] = None,
                           failure_message: Optional[str] = None) -> Dict[str, Any]:
@@ -318,17 +267,6 @@ class StripeTestServer:
                 po["failure_code"] = None
                 po["failure_message"] = None
             return json.loads(json.dumps(po))
-
-    def wait_idle(self, timeout: float = 10.0) -> bool:
-        """Block until no request is being handled (e.g. a ``slow`` one)."""
-        deadline = time.monotonic() + timeout
-        with self._idle:
-            while self._in_flight:
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    return False
-                self._idle.wait(left)
-            return True
 
     # ------------------------------------------------------------- webhooks
     @staticmethod
@@ -372,27 +310,6 @@ class StripeTestServer:
             return e.code
 
     # ------------------------------------------------------ request handling
-    def _take_fault(self, method: str, path: str, kinds) -> Optional[_Fault]:
-        with self._lock:
-            for f in self._faults:
-                if f.kind in kinds and f.matches(method, path):
-                    f.remaining -= 1
-                    return f
-            return None
-
-    def _enter(self):
-        with self._lock:
-            self._in_flight += 1
-
-    def _exit(self):
-        with self._idle:
-            self._in_flight -= 1
-            self._idle.notify_all()
-
-    def _log_request(self, method, path, key, status):
-        with self._lock:
-            self._log.append((method, path, key, status))
-
     def handle(self, method: str, path: str, query: Dict[str, Any], params: Dict[str, Any],
                headers) -> Tuple[int, Dict[str, Any], Dict[str, str], Optional[str]]:
         """Returns (status, body, extra_headers, action) with action None/"drop"."""
@@ -531,10 +448,6 @@ class StripeTestServer:
         raise _invalid(f"Unrecognized request URL ({method}: {path}). Please see https://stripe.com/docs "
                        "or we can help at https://support.stripe.com/.", status=404, store=False)
 
-    @staticmethod
-    def _public(obj: Dict[str, Any]) -> Dict[str, Any]:
-        return {k: v for k, v in json.loads(json.dumps(obj)).items() if not k.startswith("_")}
-
     def _get(self, table, obj_id, name):
         with self._lock:
             obj = table.get(obj_id)
@@ -583,10 +496,6 @@ class StripeTestServer:
         if len(md) > 50:
             raise _param_error("Metadata can have at most 50 keys.", "metadata")
         return dict(md)
-
-    def _note_creation(self, key):
-        if key:
-            self._creations[key] = self._creations.get(key, 0) + 1
 
     def _create_transfer(self, params, key):
         self._check_known(params, {"amount", "currency", "destination", "description", "transfer_group",
@@ -669,7 +578,7 @@ class StripeTestServer:
         metadata = self._metadata(params)
         method = params.get("method", "standard")
         if method not in ("standard", "instant"):
-            raise _param_error(f"Invalid method: must be one of standard, instant", "method")
+            raise _param_error("Invalid method: must be one of standard, instant", "method")
         acct_id = headers.get("Stripe-Account") or ""
         with self._lock:
             if acct_id:
@@ -709,103 +618,15 @@ class StripeTestServer:
             return self._public(po)
 
     # ---------------------------------------------------- HTTP control API
-    def handle_control(self, method, path, body: bytes):
-        """Optional HTTP mirror of the Python control API under /_test/ (JSON)."""
-        try:
-            data = json.loads(body or b"{}")
-        except ValueError:
-            return 400, {"error": "invalid json"}
-        parts = [p for p in path.split("/") if p][1:]
-        try:
-            if method == "POST" and parts == ["reset"]:
-                self.reset()
-                return 200, {"ok": True}
-            if method == "POST" and parts == ["accounts"]:
-                return 200, {"id": self.create_account(**data)}
-            if method == "POST" and parts == ["faults"]:
-                self.inject(**data)
-                return 200, {"ok": True}
-            if method == "POST" and len(parts) == 3 and parts[0] == "payouts" and parts[2] == "status":
-                return 200, self._public(self.set_payout_status(parts[1], **data))
-            if method == "GET" and parts == ["state"]:
-                return 200, {"transfers": self.transfers(),
-                             "payouts": [self._public(p) for p in self.payouts()],
-                             "creations_by_key": self.creations_by_key(),
-                             "requests": [list(r) for r in self.requests_log()]}
-        except (TypeError, ValueError, KeyError) as e:
-            return 400, {"error": repr(e)}
-        return 404, {"error": "unknown control endpoint"}
-
-
-class _Handler(BaseHTTPRequestHandler):
-    stripe_server: StripeTestServer
-    server_version = "stripe-test-double/1.0"
-    sys_version = ""
-
-    def log_message(self, format, *args):  # silence
-        pass
-
-    def _dispatch(self, method: str):
-        srv = self.stripe_server
-        srv._enter()
-        try:
-            self._dispatch_inner(srv, method)
-        except (BrokenPipeError, ConnectionResetError, ConnectionAbortedError):
-            pass  # client gave up (e.g. timed out on a slow request)
-        finally:
-            srv._exit()
-
-    def _dispatch_inner(self, srv, method):
-        split = urllib.parse.urlsplit(self.path)
-        path = split.path
-        length = int(self.headers.get("Content-Length") or 0)
-        raw = self.rfile.read(length) if length else b""
-        if path.startswith("/_test/"):
-            status, body = srv.handle_control(method, path, raw)
-            self._send(status, body, {})
-            return
-        ctype = (self.headers.get("Content-Type") or "").split(";")[0].strip()
-        if raw and ctype == "application/json":
-            try:
-                params = json.loads(raw)
-            except ValueError:
-                params = {}
-        else:
-            params = decode_form(raw.decode("utf-8"))
-        query = decode_form(split.query)
-        key = self.headers.get("Idempotency-Key")
-        status, body, hdrs, action = srv.handle(method, path, query, params, self.headers)
-        if action == "drop":
-            srv._log_request(method, path, key, 0)
-            self.close_connection = True
-            try:
-                self.connection.shutdown(2)
-            except OSError:
-                pass
-            return
-        srv._log_request(method, path, key, status)
-        if key and method == "POST":
-            hdrs.setdefault("Idempotency-Key", key)
-        self._send(status, body, hdrs)
-
-    def _send(self, status, body, hdrs):
-        data = json.dumps(body, indent=2).encode("utf-8")
-        self.send_response(status)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        self.send_header("Request-Id", _new_id("req_"))
-        self.send_header("Stripe-Version", "2024-06-20")
-        for k, v in hdrs.items():
-            if not k.startswith("_"):
-                self.send_header(k, v)
-        self.end_headers()
-        self.wfile.write(data)
-
-    def do_GET(self):
-        self._dispatch("GET")
-
-    def do_POST(self):
-        self._dispatch("POST")
-
-    def do_DELETE(self):
-        self._dispatch("DELETE")
+    def _control(self, method, parts, data):
+        """/_test/ endpoints beyond reset and faults: accounts, payouts/{id}/status, state."""
+        if method == "POST" and parts == ["accounts"]:
+            return 200, {"id": self.create_account(**data)}
+        if method == "POST" and len(parts) == 3 and parts[0] == "payouts" and parts[2] == "status":
+            return 200, self._public(self.set_payout_status(parts[1], **data))
+        if method == "GET" and parts == ["state"]:
+            return 200, {"transfers": self.transfers(),
+                         "payouts": [self._public(p) for p in self.payouts()],
+                         "creations_by_key": self.creations_by_key(),
+                         "requests": [list(r) for r in self.requests_log()]}
+        return None
