@@ -23,6 +23,7 @@ from sqlalchemy.dialects.postgresql import insert
 
 from ledger.codec import EventCodec, UndecodableEvent
 from processors.dead_letters import parse_entry
+from processors.fault_points import crash_point
 from processors.kafka_io import Record
 from processors.ledger_replay import CorruptLedger
 from projections.archive import archive_events
@@ -196,5 +197,7 @@ class Projector:
             upsert(connection, self._tables["dead_letters"], ("dlq_id",), self._dead)
             archive_events(connection, self.settings.topic_events, self._archive)
             upsert(connection, self._tables["projection_positions"], ("projector", "topic", "partition"), positions)
+            crash_point("projector_before_commit")
+        crash_point("projector_after_commit")
         self._archive, self._dead, self._unwritten = [], [], 0
         self.stats.batches += 1
