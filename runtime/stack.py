@@ -129,6 +129,9 @@ def _prepare(settings: Settings, state: StackState, report: Report) -> None:
     report(f"topics: {'created ' + ', '.join(created) if created else 'all present'}")
     revision = run_migrations(state.database_url)
     report(f"database: migrated to revision {revision}")
+    from runtime.restore import restore_if_empty
+
+    restore_if_empty(settings, state.kafka_bootstrap, state.database_url, report)
 
 
 def down(settings: Settings, report: Report = lambda _: None) -> list[str]:

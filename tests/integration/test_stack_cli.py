@@ -13,6 +13,7 @@ import pytest
 import sqlalchemy
 
 from runtime.database import make_engine
+from ledger.codec import EventCodec
 from tests.integration.cli_env import LEDGER, clean_env, env_for
 from runtime.kafka_admin import topic_partition_counts
 from runtime.processes import free_port, pid_is_alive, wait_until
@@ -86,6 +87,15 @@ def test_embedded_stack_lifecycle(embedded_env):
     with engine.connect() as connection:
         assert connection.execute(sqlalchemy.text("SELECT count(*) FROM event_archive")).scalar_one() == 42
     engine.dispose()
+    # ... and the new, empty broker's ledger is restored from it, every chain intact, once
+    from processors.kafka_io import read_topic
+    from tests.integration.sequencing_helpers import chain_breaks
+
+    codec = EventCodec()
+    restored = [(codec.decode(r.value), r.value) for r in read_topic(restarted["kafka_bootstrap"], "ledger.events")]
+    assert len(restored) == 42 and chain_breaks(restored) == []
+    assert run_json(embedded_env, "up")["already_running"] is True
+    assert sum(1 for _ in read_topic(restarted["kafka_bootstrap"], "ledger.events")) == 42
 
 
 def test_up_restarts_only_the_service_that_died(embedded_env):
