@@ -71,7 +71,7 @@ class Projector:
         self.settings, self.bootstrap, self.database_url = settings, bootstrap, database_url
         self.codec = codec or EventCodec()
         self.batch_events, self.log, self.progress = batch_events, log, progress
-        self.model = ReadModel()
+        self.model = ReadModel(retain_rows=False)
         self.stats = ProjectorStats()
         self._stop = threading.Event()
         self._engine = make_engine(database_url)

@@ -44,7 +44,10 @@ class _PayeeFacts:
 
 
 class ReadModel:
-    def __init__(self) -> None:
+    def __init__(self, retain_rows: bool = True) -> None:
+        # Earnings and period rows never change once written: a projector (retain_rows=False) forgets them
+        # after taking them, so its memory grows with payees and payouts, not with every payment.
+        self.retain_rows = retain_rows
         self.earnings: dict[str, PayeeEarnings] = {}
         self.book = PayoutBook()
         self.facts: dict[str, _PayeeFacts] = {}
@@ -65,6 +68,11 @@ class ReadModel:
             try:
                 return self.apply(event, encoded)
             finally:
+                if not self.retain_rows:
+                    for (event_id,) in self._dirty["earnings"]:
+                        self.earning_rows.pop(event_id, None)
+                    for key in self._dirty["payout_periods"]:
+                        self.period_rows.pop(key, None)
                 self._dirty = saved
         payee, sequence = event.payee_id, event.envelope.sequence
         head = self.heads.get(payee)
@@ -193,6 +201,11 @@ class ReadModel:
     def take_changes(self) -> dict[str, list[dict[str, Any]]]:
         """The rows changed since the last call, per table (absolute values)."""
         changes = {table: [self.row(table, key) for key in sorted(keys, key=repr)] for table, keys in self._dirty.items()}
+        if not self.retain_rows:
+            for (event_id,) in self._dirty["earnings"]:
+                del self.earning_rows[event_id]
+            for key in self._dirty["payout_periods"]:
+                del self.period_rows[key]
         for keys in self._dirty.values():
             keys.clear()
         return {table: [row for row in rows if row is not None] for table, rows in changes.items()}
