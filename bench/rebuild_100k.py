@@ -21,6 +21,7 @@ import sqlalchemy
 from ledger.codec import EventCodec
 from processors.kafka_io import read_topic
 from processors.ledger_client import LedgerClient
+from processors.payee_actions import schedule_event
 from processors.payout_run import fold_ledger, plan_run, send_commands
 from processors.sequencer import Sequencer
 from projections.projector import Projector
@@ -54,10 +55,11 @@ def main() -> None:
     records = [{"payment_id": f"p{i}", "payee_id": f"payee-{i % args.payees}", "amount_minor": 1_000 + i % 9_000,
                 "currency": ("USD", "EUR", "XOF")[i % 3], "occurred_at": (occurred + timedelta(seconds=i)).isoformat()}
                for i in range(args.payments)]
+    book, now = plan_book(settings), datetime.now(timezone.utc)
+    send_commands(bootstrap, settings.topic_commands, [schedule_event(
+        f"payee-{payee}", frequency="DAILY", cutoff_time="23:59", timezone="UTC", plan="flat-80", method="manual",
+        book=book, now=now) for payee in range(args.payees)], EventCodec())
     with LedgerClient(bootstrap, settings) as client:
-        for payee in range(args.payees):
-            client.set_schedule(f"payee-{payee}", frequency="DAILY", cutoff_time="23:59", timezone="UTC",
-                                plan="flat-80", method="manual")
         client.record_batch(records)
     Sequencer(settings, bootstrap, log=lambda _: None).run(idle_exit_s=1.0, handle_signals=False)
     codec = EventCodec()

@@ -72,6 +72,7 @@ def _register() -> None:
         schemas_command, sequencer_command,
         projections_command, smoke, stack_commands, transfers_command, webhooks_command,
     )
+    from commands import report_command
 
     cli.add_command(stack_commands.up)
     cli.add_command(stack_commands.down)
@@ -94,6 +95,7 @@ def _register() -> None:
     cli.add_command(projections_command.projector)
     cli.add_command(projections_command.projections)
     cli.add_command(projections_command.verify)
+    cli.add_command(report_command.report)
 
 
 _register()

@@ -5,9 +5,9 @@ from __future__ import annotations
 from typing import Iterable
 
 import sqlalchemy
-from sqlalchemy.dialects.postgresql import insert
 
 from ledger.events import Event
+from projections.bulk import upsert
 
 metadata = sqlalchemy.MetaData()
 event_archive = sqlalchemy.Table(
@@ -41,8 +41,10 @@ def archive_events(connection: sqlalchemy.Connection, topic: str, items: Iterabl
     ]
     if not rows:
         return 0
-    result = connection.execute(insert(event_archive).on_conflict_do_nothing(), rows)
-    return result.rowcount
+    inserted = 0
+    for start in range(0, len(rows), 1000):  # rowcount of execute_values is its last page's: count per page
+        inserted += upsert(connection, event_archive, ("event_id",), rows[start:start + 1000], update=False)
+    return inserted
 
 
 def archived_count(connection: sqlalchemy.Connection, payee_ids: list[str]) -> int:

@@ -19,7 +19,6 @@ from typing import Any, Callable
 import sqlalchemy
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, TopicPartition
 from confluent_kafka.admin import AdminClient
-from sqlalchemy.dialects.postgresql import insert
 
 from ledger.codec import EventCodec, UndecodableEvent
 from processors.dead_letters import parse_entry
@@ -27,6 +26,7 @@ from processors.fault_points import crash_point
 from processors.kafka_io import Record
 from processors.ledger_replay import CorruptLedger
 from projections.archive import archive_events
+from projections.bulk import upsert
 from projections.read_model import KEYS, ReadModel
 from runtime.database import make_engine
 from runtime.settings import Settings
@@ -48,20 +48,6 @@ def load_tables(engine: sqlalchemy.Engine) -> dict[str, sqlalchemy.Table]:
     metadata = sqlalchemy.MetaData()
     metadata.reflect(engine, only=[*PROJECTED, "projection_positions", "event_archive"])
     return dict(metadata.tables)
-
-
-def upsert(connection: sqlalchemy.Connection, table: sqlalchemy.Table, keys: tuple[str, ...], rows: list[dict]) -> None:
-    if not rows:
-        return
-    statement = insert(table)
-    others = [column.name for column in table.columns if column.name not in keys and column.name in rows[0]]
-    if others:
-        statement = statement.on_conflict_do_update(index_elements=list(keys),
-                                                    set_={name: statement.excluded[name] for name in others})
-    else:
-        statement = statement.on_conflict_do_nothing(index_elements=list(keys))
-    for start in range(0, len(rows), 1000):
-        connection.execute(statement, rows[start:start + 1000])
 
 
 class Projector:

@@ -16,7 +16,7 @@ from ledger.earnings import PayeeEarnings
 from ledger.events import Event
 from ledger.hashchain import event_hash
 from ledger.money import Money
-from ledger.payouts import Payout, PayoutBook
+from ledger.payouts import Payout, PayoutBook, PayoutStatus
 
 TABLES = ("payees", "payee_balances", "earnings", "payout_periods", "payouts", "payout_attempts", "daily_totals")
 KEYS = {
@@ -56,6 +56,7 @@ class ReadModel:
         self.period_rows: dict[tuple[str, str, str], dict[str, Any]] = {}
         self.daily: dict[tuple[date, str], dict[str, int]] = {}
         self.events = 0
+        self._prior_status: PayoutStatus | None = None
         self._dirty: dict[str, set] = {table: set() for table in (*TABLES, "projection_heads")}
 
     # --- folding -----------------------------------------------------------------------------
@@ -79,13 +80,18 @@ class ReadModel:
         if head is not None and sequence <= head[0]:
             return False
         self.earnings.setdefault(payee, PayeeEarnings(payee)).apply(event)
+        payout_id = event.payload.get("payout_id") if event.event_type.startswith("Payout") else None
+        prior = self.book.get(payout_id) if payout_id else None
+        self._prior_status = prior.status if prior is not None else None
         changed_payout = self.book.apply(event)
         self.heads[payee] = (sequence, event.envelope.event_id, event_hash(encoded))
         self.events += 1
         self._facts(event)
         self._dirty["projection_heads"].add((payee,))
         self._dirty["payees"].add((payee,))
-        for currency in self._currencies(event):
+        # every event of a payee can move its balances (a cancel carries no amount, yet returns money), and
+        # each balance row carries the payee's last event time: all of the payee's currencies are rewritten
+        for currency in self.earnings[payee].currencies() | self._currencies(event):
             self._dirty["payee_balances"].add((payee, currency))
         kind = event.event_type
         handler = getattr(self, f"_on_{kind}", None)
@@ -182,15 +188,17 @@ class ReadModel:
         self._period(event, "carried", event.payload["reason"], None)
 
     def _on_PayoutSettled(self, event: Event) -> None:
-        self._outcome(event, "payouts_settled")
+        self._outcome(event, "payouts_settled", PayoutStatus.SETTLED)
 
     def _on_PayoutFailed(self, event: Event) -> None:
         if not event.payload["retryable"]:
-            self._outcome(event, "payouts_failed")
+            self._outcome(event, "payouts_failed", PayoutStatus.FAILED)
 
-    def _outcome(self, event: Event, counter: str) -> None:
+    def _outcome(self, event: Event, counter: str, status: PayoutStatus) -> None:
+        """Counted when the payout's status became `status` here: an outcome the lifecycle ignored (settled
+        after it had failed, a second copy) moves no money and is not counted."""
         payout = self.book.get(event.payload["payout_id"])
-        if payout is None:
+        if payout is None or payout.status is not status or self._prior_status is status:
             return
         day = self._day(event.envelope.occurred_at, payout.amount.currency.code)
         day[counter] += 1

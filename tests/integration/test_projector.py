@@ -136,3 +136,21 @@ def test_an_empty_broker_is_restored_from_the_archive_and_the_read_models_stay_r
     assert report.ok and report.chain_breaks == 0, report.differences
     (dead,) = rows(settings, "SELECT dlq_id FROM dead_letters")
     assert dead["dlq_id"].startswith("before-restore-")  # kept, and out of the new topic's way
+
+
+def test_events_without_amounts_in_a_later_batch_still_update_balances(settings):
+    from processors.payee_actions import hold_event
+
+    (request,) = request_payouts(settings, {"c-1": ("manual", "")})
+    project(settings)
+    payout = book_of(settings).get(request.payload["payout_id"])
+    at = request.envelope.occurred_at
+    send_commands(settings.kafka_bootstrap, settings.topic_commands, [
+        hold_event("c-1", held=True, now=at, reason="review"), records.cancelled(payout, "duplicate", "ops", at)],
+        EventCodec())
+    with sequencer_running(settings):
+        wait_until(lambda: book_of(settings).get(payout.payout_id).status.value == "cancelled", 30, "the cancel")
+    project(settings)  # a batch of its own: a hold and a cancel, no amount in either
+    (balance,) = rows(settings, "SELECT in_flight_minor, unpaid_minor FROM payee_balances WHERE payee_id = 'c-1'")
+    assert (balance["in_flight_minor"], balance["unpaid_minor"]) == (0, request.payload["net"].amount_minor)
+    assert verify(settings, settings.kafka_bootstrap, settings.database_url).ok

@@ -23,6 +23,7 @@ from tests.integration.transfer_helpers import book_of, outcome_counts, request_
 from tests.stripe_server import StripeTestServer
 
 PAYOUTS = 210
+MAX_KILLS = 40  # then one processor finishes what the kills left open (the kills land while payouts flow)
 BAD_ACCOUNTS = 10  # fail permanently (no_account)
 
 
@@ -32,6 +33,7 @@ def start_processor(env) -> subprocess.Popen:
 
 
 @pytest.mark.faults
+@pytest.mark.timeout(900)
 def test_sigkills_at_random_points_pay_every_payout_exactly_once(settings, tmp_path):
     rng = random.Random(20261122)
     with StripeTestServer() as stripe_server:
@@ -45,8 +47,8 @@ def test_sigkills_at_random_points_pay_every_payout_exactly_once(settings, tmp_p
         faulty_env = {**base_env, "LEDGER_FAULT_POINTS": "before_submit:0.01,after_submit:0.02,before_outcome:0.03"}
         kills = Counter()
         with sequencer_running(settings):
-            deadline = time.monotonic() + 240
-            while time.monotonic() < deadline:
+            deadline = time.monotonic() + 180
+            while time.monotonic() < deadline and sum(kills.values()) < MAX_KILLS:
                 if rng.random() < 0.3:  # provider trouble now and then: 500s (stored) and 429s
                     stripe_server.inject(path_prefix="/v1/transfers", kind=rng.choice(["server_error", "rate_limit",
                                                                                        "accepted_then_500"]),
@@ -66,9 +68,9 @@ def test_sigkills_at_random_points_pay_every_payout_exactly_once(settings, tmp_p
             stripe_server.clear_faults()
             worker = start_processor(base_env)
             try:
-                finish = time.monotonic() + 120
+                finish = time.monotonic() + 240
                 while not all(p.status.terminal for p in book_of(settings).payouts.values()):
-                    assert time.monotonic() < finish, "payouts still open 120 s after the last kill"
+                    assert time.monotonic() < finish, "payouts still open 240 s after the last kill"
                     assert worker.poll() is None, worker.stderr.read()
                     time.sleep(0.5)  # polling the ledger with a bounded deadline
             finally:
