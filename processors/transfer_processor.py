@@ -51,6 +51,7 @@ POLLED_PROVIDERS = ("mobile_money", "bank_transfer")  # their final outcome is a
 AWAIT_CHAIN_S = 120.0  # a submit not chained by then was refused (or is stuck): decide again
 UNKNOWN_RETRY_S = 30.0  # after a connector raised: look the payout up again after this long
 PAUSE_CHECK_S = 5.0
+UNCHAINED_WARNING_S = 10.0
 # A lookup or status check failing with these says nothing about the transfer: the question went unanswered.
 UNANSWERED_CODES = frozenset({"timeout", "connection_error", "rate_limited", "provider_error", "provider_unavailable",
                               "authentication_failed"})
@@ -91,11 +92,16 @@ class TransferProcessor:
         self._active: set[str] = set()  # payouts not settled, failed or cancelled
         self._awaiting: dict[str, tuple[int, float]] = {}  # payout -> (attempt whose submit is sent, when)
         self._fresh: set[tuple[str, int]] = set()  # attempts this process recorded: call the provider directly
+        # submits sent but not seen chained (by this process or, read back at start, an earlier one): sent
+        # again byte for byte, so the sequencer drops the copy as a duplicate instead of dead-lettering a
+        # same-id event with another timestamp
+        self._sent_submits: dict[tuple[str, int], Event] = {}
         self._cleared: set[tuple[str, int]] = set()  # attempts the provider was asked about and has nothing of
         self._unknown_until: dict[str, float] = {}  # payout -> monotonic time before which it is not asked again
         self._last_poll: dict[str, float] = {}
         self._retry_decided: set[tuple[str, int]] = set()
         self._warned: set[str] = set()
+        self._warned_unchained = 0.0
         self._paused = database_url is not None  # until the pause is read: fail closed
         self._pause_known = False
         self._pause_checked = 0.0
@@ -148,9 +154,13 @@ class TransferProcessor:
                              f"{time.monotonic() - started:.2f} s")
                 if self._drain_results() | self._schedule():
                     last_activity = time.monotonic()
-                if self._awaiting or any(lane.busy for lane in self.lanes.values()):
+                self._warn_if_unchained()
+                if any(lane.busy for lane in self.lanes.values()):
                     last_activity = time.monotonic()
                 elif idle_exit_s is not None and time.monotonic() - last_activity >= idle_exit_s:
+                    if self._awaiting:
+                        self.log(f"exiting with {len(self._awaiting)} attempts recorded but not chained yet: "
+                                 "they are made when `ledger sequencer` has chained them")
                     break
         finally:
             consumer.close()
@@ -158,6 +168,17 @@ class TransferProcessor:
                 lane.shutdown()
             self._flush()
         return self.stats
+
+    def _warn_if_unchained(self) -> None:
+        """Attempts wait for the sequencer; say so when it seems not to run."""
+        if not self._awaiting:
+            return
+        oldest = min(sent for _, sent in self._awaiting.values())
+        now = time.monotonic()
+        if now - oldest >= UNCHAINED_WARNING_S and now - self._warned_unchained >= UNCHAINED_WARNING_S:
+            self._warned_unchained = now
+            self.log(f"{len(self._awaiting)} attempts recorded {now - oldest:.0f} s ago are not chained yet: "
+                     "is `ledger sequencer` running?")
 
     def _partitions(self, topic: str) -> list[int]:
         metadata = AdminClient({"bootstrap.servers": self.bootstrap}).list_topics(topic, timeout=10)
@@ -181,6 +202,8 @@ class TransferProcessor:
                 continue  # not ours: the sequencer dead-letters it
             if event.event_type in OUTCOME_TYPES:
                 sent.append(event)
+            elif event.event_type == "PayoutSubmitted":
+                self._sent_submits[(event.payload["payout_id"], event.payload["attempt"])] = event
         return sent
 
     # --- folding ---------------------------------------------------------------------------------
@@ -199,6 +222,8 @@ class TransferProcessor:
         self._apply(event)
         if event.event_type in ("PayoutSubmitted", "PayoutCancelled"):
             self._awaiting.pop(event.payload["payout_id"], None)
+        if event.event_type == "PayoutSubmitted":
+            self._sent_submits.pop((event.payload["payout_id"], event.payload["attempt"]), None)
 
     # --- deciding what to do ---------------------------------------------------------------------
 
@@ -255,7 +280,10 @@ class TransferProcessor:
         outstanding[lane.name] = outstanding.get(lane.name, 0) + 1
         attempt = payout.next_attempt
         crash_point("before_submit")
-        self._send(records.submitted(payout, attempt, lane.name, attempt_key(payout.payout_id, attempt), now))
+        event = self._sent_submits.get((payout.payout_id, attempt)) or records.submitted(
+            payout, attempt, lane.name, attempt_key(payout.payout_id, attempt), now)
+        self._sent_submits[(payout.payout_id, attempt)] = event
+        self._send(event)
         self._awaiting[payout.payout_id] = (attempt, mono)
         self._fresh.add((payout.payout_id, attempt))
         self.stats.submitted += 1

@@ -18,7 +18,7 @@ from collections import Counter
 import pytest
 
 from tests.integration.cli_env import LEDGER, env_for
-from tests.integration.sequencing_helpers import ledger_events
+from tests.integration.sequencing_helpers import dead_letters, ledger_events
 from tests.integration.transfer_helpers import book_of, outcome_counts, request_payouts, sequencer_running
 from tests.stripe_server import StripeTestServer
 
@@ -95,6 +95,8 @@ def test_sigkills_at_random_points_pay_every_payout_exactly_once(settings, tmp_p
         asked = sum(e.payload["net"].amount_minor for e in requested.values())
         lost = sum(requested[pid].payload["net"].amount_minor for pid in failed)
         assert paid == asked - lost
+        # nothing was refused: a submit sent again after a kill is the same bytes, dropped as a duplicate
+        assert dead_letters(settings) == []
         settled_in_ledger = sum(e.payload["amount"].amount_minor for e, _ in ledger_events(settings)
                                 if e.event_type == "PayoutSettled")
         assert settled_in_ledger == paid
