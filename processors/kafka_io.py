@@ -59,6 +59,14 @@ def flush_or_raise(producer: Producer, tracker: DeliveryTracker, expected: int, 
         )
 
 
+def topic_partitions(bootstrap: str, topic: str) -> list[int]:
+    """The topic's partition numbers; a clear error when the topic does not exist."""
+    metadata = AdminClient({"bootstrap.servers": bootstrap}).list_topics(topic, timeout=METADATA_TIMEOUT_S)
+    if topic not in metadata.topics or metadata.topics[topic].error is not None:
+        raise KafkaException(f"topic {topic} does not exist: run `ledger up`")
+    return sorted(metadata.topics[topic].partitions)
+
+
 @dataclass(frozen=True)
 class Record:
     topic: str

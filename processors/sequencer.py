@@ -18,14 +18,13 @@ from datetime import datetime, timezone
 from typing import Callable
 
 from confluent_kafka import OFFSET_STORED, Consumer, KafkaException, TopicPartition
-from confluent_kafka.admin import AdminClient
 
 from ledger.codec import EventCodec, UndecodableEvent
 from ledger.events import Event
 from ledger.intake import INTAKE_TYPES, IntakeLimits, IntakeRejected, parse_record, validate_event
 from ledger.ledger_index import LedgerIndex
 from processors.dead_letters import dead_letter_headers, read_dead_letters
-from processors.kafka_io import DeliveryTracker, Record, flush_or_raise, make_producer
+from processors.kafka_io import DeliveryTracker, Record, flush_or_raise, make_producer, topic_partitions
 from processors.ledger_replay import load_index
 from runtime.settings import Settings
 
@@ -122,12 +121,6 @@ class Sequencer:
         self.log(f"rebuilt from {self.stats.rebuilt_events} ledger events and {len(self._dead_sources)} "
                  f"dead letters in {self.stats.rebuild_s:.2f} s")
 
-    def _partition_count(self, topic: str) -> int:
-        metadata = AdminClient({"bootstrap.servers": self.bootstrap}).list_topics(topic, timeout=10)
-        if topic not in metadata.topics or metadata.topics[topic].error is not None:
-            raise KafkaException(f"topic {topic} does not exist: run `ledger up`")
-        return len(metadata.topics[topic].partitions)
-
     def run(self, idle_exit_s: float | None = None, handle_signals: bool = True) -> SequencerStats:
         """Process until stop() (SIGTERM/SIGINT), or until idle for idle_exit_s seconds."""
         if handle_signals:
@@ -144,7 +137,7 @@ class Sequencer:
         })
         topics = (self.settings.topic_incoming, self.settings.topic_commands)
         consumer.assign([TopicPartition(topic, partition, OFFSET_STORED)
-                         for topic in topics for partition in range(self._partition_count(topic))])
+                         for topic in topics for partition in topic_partitions(self.bootstrap, topic)])
         last_input = time.monotonic()
         try:
             while not self._stop.is_set():

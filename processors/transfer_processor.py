@@ -31,7 +31,6 @@ from datetime import datetime, timedelta
 from typing import Callable
 
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, TopicPartition
-from confluent_kafka.admin import AdminClient
 
 from connectors.base import Connector, Outcome, TransferRequest, attempt_key, provider_for
 from connectors.circuit_breaker import BreakerState, CircuitBreaker
@@ -41,7 +40,7 @@ from ledger.events import Event
 from ledger.payouts import Payout, PayoutBook, PayoutStatus
 from ledger.retry_policy import RetryPolicy
 from processors.fault_points import crash_point
-from processors.kafka_io import DeliveryTracker, flush_or_raise, make_producer, read_topic
+from processors.kafka_io import DeliveryTracker, flush_or_raise, make_producer, read_topic, topic_partitions
 from processors.ledger_replay import CorruptLedger
 from processors.provider_lane import CallResult, ProviderLane, utc_now
 from runtime.settings import Settings
@@ -118,7 +117,7 @@ class TransferProcessor:
                 signal.signal(signum, lambda *_: self.stop())
         started = time.monotonic()
         overlay = self._sent_outcomes()
-        partitions = self._partitions(self.settings.topic_events)
+        partitions = topic_partitions(self.bootstrap, self.settings.topic_events)
         consumer = Consumer({
             "bootstrap.servers": self.bootstrap, "group.id": "ledger-transfers", "enable.auto.commit": False,
             "enable.partition.eof": True, "auto.offset.reset": "earliest", "fetch.wait.max.ms": 50,
@@ -179,12 +178,6 @@ class TransferProcessor:
             self._warned_unchained = now
             self.log(f"{len(self._awaiting)} attempts recorded {now - oldest:.0f} s ago are not chained yet: "
                      "is `ledger sequencer` running?")
-
-    def _partitions(self, topic: str) -> list[int]:
-        metadata = AdminClient({"bootstrap.servers": self.bootstrap}).list_topics(topic, timeout=10)
-        if topic not in metadata.topics or metadata.topics[topic].error is not None:
-            raise KafkaException(f"topic {topic} does not exist: run `ledger up`")
-        return sorted(metadata.topics[topic].partitions)
 
     def _decode(self, message) -> Event:  # noqa: ANN001 - confluent_kafka.Message
         try:

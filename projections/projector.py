@@ -18,12 +18,11 @@ from typing import Any, Callable
 
 import sqlalchemy
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, TopicPartition
-from confluent_kafka.admin import AdminClient
 
 from ledger.codec import EventCodec, UndecodableEvent
 from processors.dead_letters import parse_entry
 from processors.fault_points import crash_point
-from processors.kafka_io import Record
+from processors.kafka_io import Record, topic_partitions
 from processors.ledger_replay import CorruptLedger
 from projections.archive import archive_events
 from projections.bulk import upsert
@@ -81,12 +80,6 @@ class Projector:
             return dict(connection.execute(sqlalchemy.select(positions.c.partition, positions.c.next_offset).where(
                 positions.c.projector == NAME, positions.c.topic == topic)).all())
 
-    def _partitions(self, topic: str) -> list[int]:
-        metadata = AdminClient({"bootstrap.servers": self.bootstrap}).list_topics(topic, timeout=10)
-        if topic not in metadata.topics or metadata.topics[topic].error is not None:
-            raise KafkaException(f"topic {topic} does not exist: run `ledger up`")
-        return sorted(metadata.topics[topic].partitions)
-
     def run(self, idle_exit_s: float | None = None, handle_signals: bool = True) -> ProjectorStats:
         """Project until stop() (SIGTERM/SIGINT), or until caught up and idle for idle_exit_s seconds."""
         if handle_signals:
@@ -96,7 +89,8 @@ class Projector:
         heads = self._stored_heads()
         events_topic, dlq_topic = self.settings.topic_events, self.settings.topic_dlq
         dlq_from = self._stored_positions(dlq_topic)
-        event_parts, dlq_parts = self._partitions(events_topic), self._partitions(dlq_topic)
+        event_parts = topic_partitions(self.bootstrap, events_topic)
+        dlq_parts = topic_partitions(self.bootstrap, dlq_topic)
         consumer = Consumer({
             "bootstrap.servers": self.bootstrap, "group.id": f"ledger-projector-{NAME}", "enable.auto.commit": False,
             "enable.partition.eof": True, "auto.offset.reset": "earliest", "fetch.wait.max.ms": 50,
