@@ -9,10 +9,11 @@ import click
 import sqlalchemy
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from commands.output import console, emit_json, errors
+from commands.output import metrics_port_option, console, emit_json, errors
 from processors.kafka_io import read_topic
 from projections.projector import NAME, PROJECTED, Projector
 from runtime.database import make_engine
+from runtime.metrics import start_metrics_server
 from runtime.settings import Settings
 from runtime.single_instance import single_instance
 from runtime.stack import connections
@@ -22,12 +23,14 @@ from runtime.stack import connections
 @click.option("--idle-exit", type=click.FloatRange(min=0.1), default=None,
               help="Exit once caught up and idle this many seconds (default: run until SIGTERM/Ctrl-C).")
 @click.option("--json", "as_json", is_flag=True)
-def projector(idle_exit: float | None, as_json: bool) -> None:
+@metrics_port_option
+def projector(idle_exit: float | None, as_json: bool, metrics_port: int | None) -> None:
     """Keep payees, balances, earnings, periods, payouts, attempts, dead letters and daily totals current.
 
     Rows, the event archive, each payee's last applied event and the consumer positions are written in
     one transaction per batch, so a crash neither doubles nor skips anything. One projector per ledger.
     """
+    start_metrics_server(metrics_port)
     settings = Settings()
     bootstrap, database_url = connections(settings)
     printer = errors if as_json else console

@@ -6,8 +6,9 @@ from dataclasses import asdict
 
 import click
 
-from commands.output import console, emit_json, errors
+from commands.output import metrics_port_option, console, emit_json, errors
 from processors.sequencer import Sequencer
+from runtime.metrics import start_metrics_server
 from runtime.settings import Settings
 from runtime.single_instance import single_instance
 from runtime.stack import connections
@@ -17,11 +18,13 @@ from runtime.stack import connections
 @click.option("--idle-exit", type=click.FloatRange(min=0.1), default=None,
               help="Exit after this many seconds without input (default: run until SIGTERM/Ctrl-C).")
 @click.option("--json", "as_json", is_flag=True, help="Print the final counts as JSON.")
-def sequencer(idle_exit: float | None, as_json: bool) -> None:
+@metrics_port_option
+def sequencer(idle_exit: float | None, as_json: bool, metrics_port: int | None) -> None:
     """Validate, deduplicate and sequence incoming records into ledger.events; refuse the rest to ledger.dlq.
 
     Rebuilds its state from ledger.events at start. Only one sequencer may run per ledger.
     """
+    start_metrics_server(metrics_port)
     settings = Settings()
     bootstrap, database_url = connections(settings)
     log = (lambda line: errors.print(f"sequencer: {line}", highlight=False)) if as_json else (

@@ -6,9 +6,10 @@ from dataclasses import asdict
 
 import click
 
-from commands.output import console, emit_json, errors
+from commands.output import metrics_port_option, console, emit_json, errors
 from processors.transfer_processor import TransferProcessor
 from runtime.providers import build_connectors
+from runtime.metrics import start_metrics_server
 from runtime.settings import Settings
 from runtime.single_instance import single_instance
 from runtime.stack import connections
@@ -18,13 +19,15 @@ from runtime.stack import connections
 @click.option("--idle-exit", type=click.FloatRange(min=0.1), default=None,
               help="Exit after this many seconds with nothing to do (default: run until SIGTERM/Ctrl-C).")
 @click.option("--json", "as_json", is_flag=True, help="Print the final counts as JSON.")
-def transfers(idle_exit: float | None, as_json: bool) -> None:
+@metrics_port_option
+def transfers(idle_exit: float | None, as_json: bool, metrics_port: int | None) -> None:
     """Pay every requested payout once through its provider and record the outcome in the ledger.
 
     Providers: Stripe (LEDGER_STRIPE_API_KEY), bank transfer files (LEDGER_BANK_DEBTOR_IBAN), mobile
     money (LEDGER_MOBILE_MONEY_URL), and manual (always). Payouts of a provider that is not configured
     wait. Rebuilds its state from ledger.events at start; only one may run per ledger.
     """
+    start_metrics_server(metrics_port)
     settings = Settings()
     bootstrap, database_url = connections(settings)
     printer = errors if as_json else console

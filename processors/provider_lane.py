@@ -14,6 +14,7 @@ from typing import Callable
 
 from connectors.base import Connector, Outcome, TransferRequest, TransferResult
 from connectors.circuit_breaker import CircuitBreaker
+from runtime import metrics
 
 
 class TokenBucket:
@@ -92,6 +93,7 @@ class ProviderLane:
     def _run(self, requests: list[TransferRequest], mode: str) -> None:
         try:
             self._bucket.acquire()
+            started = time.monotonic()
             if mode == "submit":
                 if len(requests) > 1:
                     results = list(self.connector.submit_batch(requests))  # type: ignore[attr-defined]
@@ -99,6 +101,7 @@ class ProviderLane:
                     results = [self.connector.submit(requests[0])]
             else:
                 results = [self.connector.lookup(requests[0])]
+            metrics.PROVIDER_LATENCY.labels(self.name, mode).observe(time.monotonic() - started)
         except Exception as exc:  # a connector bug: the outcome is unknown, so it is looked up later
             for request in requests:
                 self._results.put(CallResult(self.name, request.payout_id, request.attempt, mode, None,

@@ -26,6 +26,7 @@ from ledger.ledger_index import LedgerIndex
 from processors.dead_letters import dead_letter_headers, read_dead_letters
 from processors.kafka_io import DeliveryTracker, Record, flush_or_raise, make_producer, topic_partitions
 from processors.ledger_replay import load_index
+from runtime import metrics
 from runtime.settings import Settings
 
 Clock = Callable[[], datetime]
@@ -195,6 +196,7 @@ class Sequencer:
         verdict = self.index.verdict(event)
         if verdict.status == "duplicate":
             self.stats.duplicates += 1
+            metrics.DUPLICATES.labels(record.topic).inc()
             return 0
         if verdict.status == "reject":
             return self._dead_letter(record, "ledger", verdict.reason, now, tracker)
@@ -205,6 +207,7 @@ class Sequencer:
         )
         self._producer.poll(0)
         self.stats.appended += 1
+        metrics.EVENTS_APPENDED.labels(sequenced.event_type).inc()
         return 1
 
     def _dead_letter(self, record: Record, stage: str, reason: str, now: datetime, tracker: DeliveryTracker) -> int:
@@ -213,5 +216,6 @@ class Sequencer:
         self._producer.poll(0)
         self._dead_sources.add((record.topic, record.partition, record.offset))
         self.stats.dead_lettered += 1
+        metrics.DEAD_LETTERS.labels(stage).inc()
         self.stats.by_reason[stage] = self.stats.by_reason.get(stage, 0) + 1
         return 1

@@ -43,6 +43,7 @@ from processors.fault_points import crash_point
 from processors.kafka_io import DeliveryTracker, flush_or_raise, make_producer, read_topic, topic_partitions
 from processors.ledger_replay import CorruptLedger
 from processors.provider_lane import CallResult, ProviderLane, utc_now
+from runtime import metrics
 from runtime.settings import Settings
 
 OUTCOME_TYPES = ("PayoutAccepted", "PayoutSettled", "PayoutFailed", "PayoutRetryScheduled")
@@ -101,6 +102,7 @@ class TransferProcessor:
         self._retry_decided: set[tuple[str, int]] = set()
         self._warned: set[str] = set()
         self._warned_unchained = 0.0
+        self._gauges_at = 0.0
         self._paused = database_url is not None  # until the pause is read: fail closed
         self._pause_known = False
         self._pause_checked = 0.0
@@ -244,6 +246,7 @@ class TransferProcessor:
                     self._last_poll[payout_id] = mono
                     lane.resolve(self._request(payout, payout.current.number), "poll")
                     acted = True
+        self._update_gauges(mono)
         for name, requests in to_submit.items():
             lane = self.lanes[name]
             batches = [requests] if lane.batches else [[request] for request in requests]
@@ -252,6 +255,25 @@ class TransferProcessor:
                 lane.submit(batch)
         self._flush()
         return acted
+
+    def _update_gauges(self, mono: float) -> None:
+        if mono - self._gauges_at < 1.0:
+            return
+        self._gauges_at = mono
+        by_status: dict[str, int] = {status.value: 0 for status in PayoutStatus if not status.terminal}
+        waiting: dict[str, int] = {name: 0 for name in self.lanes}
+        for payout_id in self._active:
+            payout = self.book.payouts[payout_id]
+            by_status[payout.status.value] += 1
+            if payout.status is PayoutStatus.RETRY_WAIT:
+                provider = provider_for(payout.method) or ""
+                waiting[provider] = waiting.get(provider, 0) + 1
+        for status, count in by_status.items():
+            metrics.OPEN_PAYOUTS.labels(status).set(count)
+        for provider, count in waiting.items():
+            metrics.RETRY_QUEUE.labels(provider).set(count)
+        for name, lane in self.lanes.items():
+            metrics.BREAKER_OPEN.labels(name).set(1 if self._breaker_open(lane) else 0)
 
     def _lane(self, payout: Payout) -> ProviderLane | None:
         provider = provider_for(payout.method)
@@ -277,6 +299,7 @@ class TransferProcessor:
             payout, attempt, lane.name, attempt_key(payout.payout_id, attempt), now)
         self._sent_submits[(payout.payout_id, attempt)] = event
         self._send(event)
+        metrics.PAYOUT_ATTEMPTS.labels(lane.name).inc()
         self._awaiting[payout.payout_id] = (attempt, mono)
         self._fresh.add((payout.payout_id, attempt))
         self.stats.submitted += 1
@@ -415,6 +438,8 @@ class TransferProcessor:
         if result.outcome is Outcome.SETTLED:
             self._send(records.settled(payout, attempt, lane.name, result.provider_reference, now))
             self.stats.settled += 1
+            metrics.PAYOUTS_SETTLED.labels(lane.name, payout.amount.currency.code).inc()
+            metrics.PAYOUT_AMOUNT.labels(payout.amount.currency.code, "settled").inc(payout.amount.amount_minor)
         elif result.outcome is Outcome.PENDING:
             if payout.status is PayoutStatus.SUBMITTED:
                 self._send(records.accepted(payout, attempt, lane.name, result.provider_reference, now))
@@ -425,7 +450,7 @@ class TransferProcessor:
                                    result.retry_after_s, now, record_failure=True)
         else:
             self._send(records.failed(payout, attempt, lane.name, result.reason_code, result.message, False, now))
-            self._count_failure(result.reason_code)
+            self._count_failure(payout, lane.name, result.reason_code)
 
     def _retry_or_give_up(self, payout: Payout, attempt: int, provider: str, reason_code: str, message: str,
                           retry_after_s: float | None, now: datetime, *, record_failure: bool) -> None:
@@ -433,12 +458,13 @@ class TransferProcessor:
         if due is None:
             self._send(records.failed(payout, attempt, provider, reason_code,
                                       f"{message} (gave up after {attempt} attempts)".strip(), False, now))
-            self._count_failure(reason_code)
+            self._count_failure(payout, provider, reason_code)
             return
         if record_failure:
             self._send(records.failed(payout, attempt, provider, reason_code, message, True, now))
         self._send(records.retry_scheduled(payout, attempt + 1, provider, due, reason_code, message, now))
         self.stats.retries_scheduled += 1
+        metrics.PAYOUT_RETRIES.labels(provider, reason_code).inc()
 
     def _expire_if_stale(self, payout: Payout, provider: str, now: datetime) -> None:
         if provider != "mobile_money" or payout.accepted_at is None:
@@ -450,10 +476,12 @@ class TransferProcessor:
                                   f"still processing at the provider after {hours:g} h", False, now))
         self._send(records.expiry_hold(payout, payout.current.number, hours, now))  # decisions §25
         self.stats.expired += 1
-        self._count_failure("processing_expired")
+        self._count_failure(payout, provider, "processing_expired")
 
-    def _count_failure(self, reason_code: str) -> None:
+    def _count_failure(self, payout: Payout, provider: str, reason_code: str) -> None:
         self.stats.failed += 1
+        metrics.PAYOUTS_FAILED.labels(provider, reason_code).inc()
+        metrics.PAYOUT_AMOUNT.labels(payout.amount.currency.code, "failed").inc(payout.amount.amount_minor)
         self.stats.by_reason[reason_code] = self.stats.by_reason.get(reason_code, 0) + 1
 
     # --- writing ---------------------------------------------------------------------------------

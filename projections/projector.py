@@ -28,6 +28,7 @@ from projections.archive import archive_events
 from projections.bulk import upsert
 from projections.read_model import KEYS, ReadModel
 from runtime.database import make_engine
+from runtime import metrics
 from runtime.settings import Settings
 
 NAME = "read-models"
@@ -179,5 +180,6 @@ class Projector:
             upsert(connection, self._tables["projection_positions"], ("projector", "topic", "partition"), positions)
             crash_point("projector_before_commit")
         crash_point("projector_after_commit")
+        metrics.PROJECTED.inc(len(self._archive))
         self._archive, self._dead, self._unwritten = [], [], 0
         self.stats.batches += 1

@@ -1,0 +1,37 @@
+"""Prometheus metrics of every ledger process (prometheus-client), one registry, names shared with the
+alert rules and dashboards. A process serves them with `--metrics-port` (start_metrics_server).
+
+Amounts are counted in minor units per currency (a counter of integers: no float money); label sets
+are bounded (event types, providers, reason codes, currencies, stages), never ids.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge, Histogram, start_http_server
+
+EVENTS_APPENDED = Counter("ledger_events_appended_total", "Events chained into ledger.events by the sequencer",
+                          ["event_type"])
+DUPLICATES = Counter("ledger_duplicates_total", "Inputs dropped as already recorded", ["topic"])
+DEAD_LETTERS = Counter("ledger_dead_letters_total", "Inputs refused to the dead-letter topic", ["stage"])
+PAYOUT_ATTEMPTS = Counter("ledger_payout_attempts_total", "Payout attempts recorded before a provider call",
+                          ["provider"])
+PAYOUTS_SETTLED = Counter("ledger_payouts_settled_total", "Payouts settled", ["provider", "currency"])
+PAYOUTS_FAILED = Counter("ledger_payouts_failed_total", "Payouts failed for good (their money returns)",
+                         ["provider", "reason"])
+PAYOUT_RETRIES = Counter("ledger_payout_retries_scheduled_total", "Retryable failures with a retry scheduled",
+                         ["provider", "reason"])
+PAYOUT_AMOUNT = Counter("ledger_payout_amount_minor_total", "Payout amounts by outcome, in minor units",
+                        ["currency", "outcome"])
+PROVIDER_LATENCY = Histogram("ledger_provider_call_seconds", "Provider call latency", ["provider", "mode"],
+                             buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2, 3, 5, 10, 30))
+RETRY_QUEUE = Gauge("ledger_retry_queue_depth", "Payouts waiting for their next attempt", ["provider"])
+OPEN_PAYOUTS = Gauge("ledger_open_payouts", "Payouts requested and not yet settled, failed or cancelled",
+                     ["status"])
+BREAKER_OPEN = Gauge("ledger_provider_circuit_open", "1 while a provider's circuit breaker is open", ["provider"])
+PROJECTED = Counter("ledger_projector_events_total", "Events written to the read models")
+
+
+def start_metrics_server(port: int | None, host: str = "127.0.0.1") -> None:
+    """Serve /metrics on port (nothing when None)."""
+    if port is not None:
+        start_http_server(port, addr=host)
