@@ -17,7 +17,6 @@ from ledger.intake import IntakeLimits, IntakeRejected, parse_record
 from ledger.money import Money
 from processors.kafka_io import DeliveryFailed, DeliveryTracker, flush_or_raise, make_producer
 from processors.payee_actions import hold_event, schedule_event
-from processors.payout_run import send_commands
 from runtime.settings import Settings
 
 Clock = Callable[[], datetime]
@@ -60,13 +59,13 @@ class LedgerClient:
         """The event a record would become; raises IntakeRejected naming each bad field."""
         return parse_record(record, self.limits, self.clock())
 
-    def send(self, event: Event) -> str:
+    def send(self, event: Event, topic: str | None = None) -> str:
         """Queue a validated event for delivery (see flush); returns its event id."""
         value = self.codec.encode(event)
         for _ in range(QUEUE_FULL_RETRIES):
             try:
-                self._producer.produce(self.settings.topic_incoming, key=event.payee_id.encode(), value=value,
-                                       on_delivery=self._tracker)
+                self._producer.produce(topic or self.settings.topic_incoming, key=event.payee_id.encode(),
+                                       value=value, on_delivery=self._tracker)
                 break
             except BufferError:  # the local queue is full: let deliveries drain, then try again
                 self._producer.poll(0.1)
@@ -114,22 +113,27 @@ class LedgerClient:
 
     def set_schedule(self, payee_id: str, *, frequency: str, cutoff_time: str, timezone: str, plan: str,
                      method: str, day_of_week: int | None = None, day_of_month: int | None = None,
-                     destination: str = "", minimum: Money | None = None, actor: str = "") -> str:
-        """Record a payee's payout schedule, plan and method (validated; raises InvalidSchedule/UnknownPlan)."""
+                     destination: str = "", minimum: Money | None = None, actor: str = "", wait: bool = True) -> str:
+        """Record a payee's payout schedule, plan and method (validated; raises InvalidSchedule/UnknownPlan).
+        With wait=False it is queued like a record (see flush), so many payees cost one round trip."""
         from runtime.plans import plan_book
 
         event = schedule_event(payee_id, frequency=frequency, cutoff_time=cutoff_time, timezone=timezone, plan=plan,
                                method=method, book=plan_book(self.settings), now=self.clock(),
                                day_of_week=day_of_week, day_of_month=day_of_month, destination=destination,
                                minimum=minimum, actor=actor)
-        send_commands(self._bootstrap, self.settings.topic_commands, [event], self.codec)
+        return self._command(event, wait)
+
+    def _command(self, event: Event, wait: bool) -> str:
+        """An operator event for the sequencer to chain, on this client's producer (one connection for many)."""
+        self.send(event, self.settings.topic_commands)
+        if wait:
+            self.flush()
         return event.envelope.event_id
 
-    def set_hold(self, payee_id: str, *, held: bool, reason: str = "", actor: str = "") -> str:
+    def set_hold(self, payee_id: str, *, held: bool, reason: str = "", actor: str = "", wait: bool = True) -> str:
         """Hold (held=True) or release a payee's payouts; periods still close, balances carry while held."""
-        event = hold_event(payee_id, held=held, now=self.clock(), reason=reason, actor=actor)
-        send_commands(self._bootstrap, self.settings.topic_commands, [event], self.codec)
-        return event.envelope.event_id
+        return self._command(hold_event(payee_id, held=held, now=self.clock(), reason=reason, actor=actor), wait)
 
     def record_batch(self, records: Iterable[Mapping[str, Any]]) -> BatchResult:
         """Validate and send many records, then wait for all acknowledgements; bad ones are listed, not sent."""

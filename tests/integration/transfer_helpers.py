@@ -29,7 +29,7 @@ def request_payouts(settings: Settings, payees: dict[str, tuple[str, str]], mino
     with LedgerClient(settings.kafka_bootstrap, settings) as client:
         for payee_id, (method, destination) in payees.items():
             client.set_schedule(payee_id, frequency="DAILY", cutoff_time="23:59", timezone="UTC", plan="flat-80",
-                                method=method, destination=destination)
+                                method=method, destination=destination, wait=False)
         client.record_batch([{"payment_id": f"pay-{payee_id}", "payee_id": payee_id, "amount_minor": minor,
                               "currency": currency, "occurred_at": TWO_DAYS_AGO.isoformat()} for payee_id in payees])
     run_sequencer(settings, idle_exit_s=1.0)
