@@ -40,8 +40,7 @@ def main() -> None:
     base = Settings()
     bootstrap, database_url = connections(base)
     suffix = f"bench-{uuid.uuid4().hex[:8]}"
-    settings = base.model_copy(update={name: f"{getattr(base, name)}.{suffix}" for name in (
-        "topic_incoming", "topic_events", "topic_dlq", "topic_commands", "topic_clock")})
+    settings = base.with_topic_suffix(suffix)
     ensure_topics(bootstrap, settings.topic_specs())
     schema = suffix.replace("-", "_")
     engine = make_engine(database_url)

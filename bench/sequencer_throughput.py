@@ -29,9 +29,7 @@ def main() -> None:
     base = Settings()
     bootstrap, _ = connections(base)
     suffix = f"bench-{uuid.uuid4().hex[:8]}"
-    settings = base.model_copy(update={"topic_incoming": f"payments.incoming.{suffix}",
-                                       "topic_events": f"ledger.events.{suffix}", "topic_dlq": f"ledger.dlq.{suffix}",
-                                       "topic_commands": f"ledger.commands.{suffix}"})
+    settings = base.with_topic_suffix(suffix)
     ensure_topics(bootstrap, settings.topic_specs())
 
     raw_started = time.monotonic()

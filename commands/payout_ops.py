@@ -19,7 +19,7 @@ from ledger import payouts as records
 from ledger.codec import EventCodec
 from ledger.earnings import ManualPayoutRefused, PayeeEarnings, close_id
 from ledger.events import Event
-from ledger.payouts import Payout, PayoutStatus
+from ledger.payouts import Payout, PayoutBook, PayoutStatus
 from processors.payout_run import ledger_for_decisions, send_commands
 from processors.payout_state import await_verdict, load_book, payout_detail, payout_summary
 from projections.payout_controls import read_pause
@@ -32,8 +32,8 @@ WAIT_OPTION = click.option("--wait", "wait_s", type=click.FloatRange(min=0), def
                            help="Seconds to wait for the sequencer's verdict (0: send and return).")
 
 
-def _find(settings: Settings, bootstrap: str, payout_id: str) -> Payout:
-    payout = load_book(bootstrap, settings.topic_events).get(payout_id)
+def _find(settings: Settings, bootstrap: str, payout_id: str, book: PayoutBook | None = None) -> Payout:
+    payout = (book or load_book(bootstrap, settings.topic_events)).get(payout_id)
     if payout is None:
         fail(f"payout {payout_id!r} is not in the ledger")
     return payout
@@ -117,7 +117,8 @@ def retry(payout_id: str, actor: str, wait_s: float, as_json: bool) -> None:
     failed payout (request id retry:PAYOUT_ID), so repeating the command never pays twice."""
     settings = Settings()
     bootstrap, database_url = connections(settings)
-    payout = _find(settings, bootstrap, payout_id)
+    book = load_book(bootstrap, settings.topic_events)
+    payout = _find(settings, bootstrap, payout_id, book)
     now = datetime.now(timezone.utc)
     if payout.status is PayoutStatus.RETRY_WAIT:
         provider = payout.current.provider if payout.current else payout.method
@@ -130,7 +131,7 @@ def retry(payout_id: str, actor: str, wait_s: float, as_json: bool) -> None:
         fail(f"payout {payout_id} is {payout.status.value}: only a failed payout or one waiting for a retry can be retried")
     request_id = f"retry:{payout_id}"
     earlier = close_id(payout.payee_id, f"manual:{request_id}", payout.amount.currency.code)
-    if load_book(bootstrap, settings.topic_events).get(earlier) is not None:  # asked before: the same answer
+    if book.get(earlier) is not None:  # asked before: the same answer
         if as_json:
             emit_json({"payout_id": earlier, "event_id": earlier, "event_type": "PayoutRequested",
                        "verdict": "chained", "reason": "already requested by an earlier retry"})

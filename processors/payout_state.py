@@ -5,10 +5,12 @@ from __future__ import annotations
 import time
 from typing import Any
 
+from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
+
 from ledger.codec import EventCodec, UndecodableEvent
 from ledger.payouts import Payout, PayoutBook
-from processors.dead_letters import read_dead_letters
-from processors.kafka_io import read_topic
+from processors.dead_letters import parse_entry
+from processors.kafka_io import Record, read_topic, topic_partitions
 from processors.ledger_replay import CorruptLedger
 from runtime.settings import Settings
 
@@ -26,25 +28,35 @@ def load_book(bootstrap: str, topic: str, codec: EventCodec | None = None) -> Pa
 
 def await_verdict(settings: Settings, bootstrap: str, event_id: str, timeout_s: float) -> tuple[str, str]:
     """("chained", "") once the event is in ledger.events, ("refused", reason) if dead-lettered, or
-    ("waiting", "") after timeout_s (the sequencer is not running, or is behind)."""
+    ("waiting", "") after timeout_s (the sequencer is not running, or is behind).
+
+    One reader follows both topics from their beginning: each record is read once, however long it waits.
+    """
     codec = EventCodec()
+    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": "ledger-verdict", "enable.auto.commit": False,
+                         "auto.offset.reset": "earliest", "fetch.wait.max.ms": 100})
+    topics = (settings.topic_events, settings.topic_dlq)
+    consumer.assign([TopicPartition(topic, partition, OFFSET_BEGINNING)
+                     for topic in topics for partition in topic_partitions(bootstrap, topic)])
     deadline = time.monotonic() + timeout_s
-    while True:
-        for record in read_topic(bootstrap, settings.topic_events, timeout_s=120):
+    try:
+        while time.monotonic() < deadline:
+            message = consumer.poll(0.2)
+            if message is None or message.error() is not None:
+                continue
             try:
-                if codec.decode(record.value or b"").envelope.event_id == event_id:
-                    return "chained", ""
+                found = codec.decode(message.value() or b"").envelope.event_id == event_id
             except UndecodableEvent:
                 continue
-        for entry in read_dead_letters(bootstrap, settings.topic_dlq):
-            try:
-                if codec.decode(entry.value).envelope.event_id == event_id:
-                    return "refused", entry.reason
-            except UndecodableEvent:
-                continue
-        if time.monotonic() >= deadline:
-            return "waiting", ""
-        time.sleep(0.5)  # polling the log with a bounded deadline
+            if found and message.topic() == settings.topic_events:
+                return "chained", ""
+            if found:
+                entry = parse_entry(Record(message.topic(), message.partition(), message.offset(), message.key(),
+                                           message.value(), tuple(message.headers() or ())))
+                return "refused", entry.reason
+        return "waiting", ""
+    finally:
+        consumer.close()
 
 
 def payout_summary(payout: Payout) -> dict[str, Any]:

@@ -262,7 +262,7 @@ class ReadModel:
         return self.period_rows[(payee_id, period_id, currency)]
 
     def _row_payouts(self, payout_id: str) -> dict[str, Any]:
-        return payout_row(self.book.payouts[payout_id], self._requests.get(payout_id))
+        return payout_row(self.book.payouts[payout_id], self.book.requests[payout_id])
 
     def _row_payout_attempts(self, payout_id: str, number: int) -> dict[str, Any]:
         payout = self.book.payouts[payout_id]
@@ -276,10 +276,6 @@ class ReadModel:
         from ledger.currencies import currency as currency_of
 
         return {"day": day, "currency": currency, "exponent": currency_of(currency).exponent, **self.daily[(day, currency)]}
-
-    @property
-    def _requests(self) -> dict[str, Any]:
-        return self.book.requests
 
 
 def payout_row(payout: Payout, request: Any) -> dict[str, Any]:

@@ -128,6 +128,11 @@ class Settings(BaseSettings):
                                    day_of_month=self.default_day_of_month if self.default_frequency == "MONTHLY" else None)
         return PayoutPolicy(self.default_plan, self.default_payout_method, self.minimum_payout, schedule)
 
+    def with_topic_suffix(self, suffix: str) -> "Settings":
+        """The same settings on topics of their own (`<name>.<suffix>`): benchmarks, tests, a restored broker."""
+        names = ("topic_incoming", "topic_events", "topic_dlq", "topic_commands", "topic_clock")
+        return self.model_copy(update={name: f"{getattr(self, name)}.{suffix}" for name in names})
+
     def topic_specs(self) -> list[TopicSpec]:
         """The topics the ledger needs; ledger.events keeps everything forever (it is the ledger)."""
         durable = {"cleanup.policy": "delete", "retention.ms": "-1"}

@@ -125,8 +125,7 @@ def test_an_empty_broker_is_restored_from_the_archive_and_the_read_models_stay_r
     history(settings)
     first = project(settings)
     suffix = uuid.uuid4().hex[:8]  # the same database, a broker that lost everything: new, empty topics
-    fresh = settings.model_copy(update={name: f"{getattr(settings, name)}.{suffix}" for name in (
-        "topic_incoming", "topic_events", "topic_dlq", "topic_commands", "topic_clock")})
+    fresh = settings.with_topic_suffix(suffix)
     ensure_topics(fresh.kafka_bootstrap, fresh.topic_specs())
     assert restore_if_empty(fresh, fresh.kafka_bootstrap, fresh.database_url) == first.stats.events
     assert restore_if_empty(fresh, fresh.kafka_bootstrap, fresh.database_url) == 0  # not empty any more

@@ -195,11 +195,8 @@ def drop_status_report(status_dir: Path, name: str, report: bytes) -> None:
 def single_partition_topics(settings):
     """Fresh topics with one partition each: the submits of a run reach the ledger in one fetch (see below)."""
     suffix = uuid.uuid4().hex[:10]
-    changed = settings.model_copy(update={
-        "topic_incoming": f"payments.incoming.{suffix}", "topic_events": f"ledger.events.{suffix}",
-        "topic_dlq": f"ledger.dlq.{suffix}", "topic_commands": f"ledger.commands.{suffix}",
-        "topic_clock": f"ledger.clock.{suffix}", "partitions_incoming": 1, "partitions_events": 1,
-        "partitions_dlq": 1, "partitions_commands": 1})
+    changed = settings.with_topic_suffix(suffix).model_copy(update={
+        "partitions_incoming": 1, "partitions_events": 1, "partitions_dlq": 1, "partitions_commands": 1})
     ensure_topics(changed.kafka_bootstrap, changed.topic_specs())
     return changed
 
