@@ -7,18 +7,22 @@ from datetime import datetime, timezone
 import click
 from confluent_kafka.admin import AdminClient
 
-from commands.output import console, emit_json, fail
+from commands.output import console, emit_json, fail, metrics_port_option, start_logging
 from processors.kafka_io import DeliveryTracker, flush_or_raise, make_producer
+from runtime.metrics import start_metrics_server
 from runtime.settings import Settings
 from runtime.stack import connections
 
 
 @click.command(short_help="Run the earnings aggregator (Faust): fold, and close periods at ticks.")
-def aggregator() -> None:
+@metrics_port_option
+def aggregator(metrics_port: int | None) -> None:
     """Fold ledger.events per payee (Faust table) and, at each tick on ledger.clock, request the closes due."""
     from processors.aggregator import run_worker
 
     settings = Settings()
+    start_logging(settings, "aggregator")
+    start_metrics_server(metrics_port)
     bootstrap, database_url = connections(settings)
     run_worker(settings, bootstrap, database_url)
 

@@ -72,7 +72,9 @@ def _register() -> None:
         schemas_command, sequencer_command,
         projections_command, smoke, stack_commands, transfers_command, webhooks_command,
     )
-    from commands import report_command
+    from commands import api_command, report_command
+    from commands import alerts_command
+    from commands import notify_command  # adds `payee contact` to payee_commands.payee
 
     cli.add_command(stack_commands.up)
     cli.add_command(stack_commands.down)
@@ -96,6 +98,11 @@ def _register() -> None:
     cli.add_command(projections_command.projections)
     cli.add_command(projections_command.verify)
     cli.add_command(report_command.report)
+    cli.add_command(api_command.api)
+    cli.add_command(api_command.api_token)
+    cli.add_command(alerts_command.alerts)
+    cli.add_command(notify_command.notifier)
+    cli.add_command(notify_command.notifications)
 
 
 _register()

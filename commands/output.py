@@ -26,3 +26,12 @@ def metrics_port_option(function):  # noqa: ANN001, ANN201 - a click decorator
     """`--metrics-port`: serve this process's Prometheus metrics on 127.0.0.1:PORT/metrics."""
     return click.option("--metrics-port", type=click.IntRange(1, 65535), default=None,
                         help="Serve Prometheus metrics on 127.0.0.1:PORT/metrics.")(function)
+
+
+def start_logging(settings, process: str, as_json: bool = False) -> None:  # noqa: ANN001 - Settings
+    """Log as LEDGER_LOG_FORMAT says: json lines on stderr; text lines where long-running commands always
+    printed them (stdout, or stderr when --json keeps stdout for the result)."""
+    from runtime.logs import configure_logging
+
+    stream = sys.stderr if as_json or settings.log_format == "json" else sys.stdout
+    configure_logging(settings.log_format, process, stream=stream)

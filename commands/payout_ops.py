@@ -7,29 +7,27 @@ to say whether it was chained or refused, and why.
 
 from __future__ import annotations
 
-import uuid
-from datetime import datetime, timezone
+from typing import Callable
 
 import click
 from rich.table import Table
 
 from commands.output import console, emit_json, fail
 from commands.payouts_command import payouts
-from ledger import payouts as records
-from ledger.codec import EventCodec
-from ledger.earnings import ManualPayoutRefused, PayeeEarnings, close_id
-from ledger.events import Event
 from ledger.payouts import Payout, PayoutBook, PayoutStatus
-from processors.payout_run import ledger_for_decisions, send_commands
-from processors.payout_state import await_verdict, load_book, payout_detail, payout_summary
-from projections.payout_controls import read_pause
-from runtime.plans import plan_book
+from processors.operations import ActionResult, OperationRefused, Operations, PayoutsPaused
+from processors.payout_state import load_book, payout_detail, payout_summary
 from runtime.settings import Settings
 from runtime.stack import connections
 
 STATUSES = [status.value for status in PayoutStatus]
 WAIT_OPTION = click.option("--wait", "wait_s", type=click.FloatRange(min=0), default=15.0, show_default=True,
                            help="Seconds to wait for the sequencer's verdict (0: send and return).")
+
+
+def _operations(settings: Settings) -> Operations:
+    bootstrap, database_url = connections(settings)
+    return Operations(settings, bootstrap, database_url)
 
 
 def _find(settings: Settings, bootstrap: str, payout_id: str, book: PayoutBook | None = None) -> Payout:
@@ -39,19 +37,21 @@ def _find(settings: Settings, bootstrap: str, payout_id: str, book: PayoutBook |
     return payout
 
 
-def _send_and_wait(settings: Settings, bootstrap: str, event: Event, wait_s: float, as_json: bool, done: str) -> None:
-    send_commands(bootstrap, settings.topic_commands, [event], EventCodec())
-    verdict, reason = ("waiting", "") if wait_s == 0 else await_verdict(settings, bootstrap, event.envelope.event_id, wait_s)
+def act(action: Callable[[], ActionResult], as_json: bool, done: Callable[[ActionResult], str]) -> None:
+    """Run an operator action and report its verdict; refusals exit 1 (3 while payouts are paused)."""
+    try:
+        result = action()
+    except OperationRefused as exc:
+        fail(exc.reason, code=3 if isinstance(exc, PayoutsPaused) else 1)
     if as_json:
-        emit_json({"payout_id": event.payload["payout_id"], "event_id": event.envelope.event_id,
-                   "event_type": event.event_type, "verdict": verdict, "reason": reason})
-    elif verdict == "chained":
-        console.print(done, highlight=False)
-    elif verdict == "waiting":
-        console.print(f"sent {event.event_type} {event.envelope.event_id}; not chained yet: is `ledger sequencer` "
+        emit_json(result.as_dict())
+    elif result.verdict == "chained":
+        console.print(done(result), highlight=False)
+    elif result.verdict == "waiting":
+        console.print(f"sent {result.event_type} {result.event_id}; not chained yet: is `ledger sequencer` "
                       "running?", highlight=False)
-    if verdict == "refused":
-        fail(f"refused by the ledger: {reason}")
+    if result.verdict == "refused":
+        fail(f"refused by the ledger: {result.reason}")
 
 
 @payouts.command("list", short_help="List payouts (newest first), filtered by status, payee or method.")
@@ -115,42 +115,11 @@ def retry(payout_id: str, actor: str, wait_s: float, as_json: bool) -> None:
     """A payout waiting for its next attempt is attempted now. A failed one cannot be re-sent (its money is
     back in the payee's balance): a new early payout of that balance is requested instead, once per
     failed payout (request id retry:PAYOUT_ID), so repeating the command never pays twice."""
-    settings = Settings()
-    bootstrap, database_url = connections(settings)
-    book = load_book(bootstrap, settings.topic_events)
-    payout = _find(settings, bootstrap, payout_id, book)
-    now = datetime.now(timezone.utc)
-    if payout.status is PayoutStatus.RETRY_WAIT:
-        provider = payout.current.provider if payout.current else payout.method
-        event = records.retry_scheduled(payout, payout.next_attempt, provider, now, "operator_retry",
-                                        f"retried by {actor or 'an operator'}", now, event_id=str(uuid.uuid4()))
-        _send_and_wait(settings, bootstrap, event, wait_s, as_json, f"payout {payout_id}: attempt "
-                       f"{payout.next_attempt} is due now; `ledger transfers` makes it")
-        return
-    if payout.status is not PayoutStatus.FAILED:
-        fail(f"payout {payout_id} is {payout.status.value}: only a failed payout or one waiting for a retry can be retried")
-    request_id = f"retry:{payout_id}"
-    earlier = close_id(payout.payee_id, f"manual:{request_id}", payout.amount.currency.code)
-    if book.get(earlier) is not None:  # asked before: the same answer
-        if as_json:
-            emit_json({"payout_id": earlier, "event_id": earlier, "event_type": "PayoutRequested",
-                       "verdict": "chained", "reason": "already requested by an earlier retry"})
-        else:
-            console.print(f"payout {payout_id} was already retried as payout {earlier}", highlight=False)
-        return
-    if read_pause(database_url).paused:
-        fail("payouts are paused: `ledger payouts resume` first", code=3)
-    payees, waiting = ledger_for_decisions(bootstrap, settings.topic_events, settings.topic_commands, EventCodec())
-    if any(event.payee_id == payout.payee_id for event in waiting):
-        fail(f"{payout.payee_id} has close decisions not in the ledger yet: run `ledger sequencer` and try again")
-    try:
-        event = payees.get(payout.payee_id, PayeeEarnings(payout.payee_id)).decide_manual_payout(
-            now, payout.amount.currency.code, request_id, plan_book(settings), settings.payout_policy())
-    except ManualPayoutRefused as exc:
-        fail(f"cannot pay {payout.payee_id} again: {exc}")
-    _send_and_wait(settings, bootstrap, event, wait_s, as_json,
-                   f"payout {payout_id} failed; new payout {event.payload['payout_id']} of {event.payload['net']} "
-                   f"requested for {payout.payee_id}")
+    act(lambda: _operations(Settings()).retry(payout_id, actor, wait_s), as_json,
+        lambda r: f"payout {payout_id}: {r.reason}; it is payout {r.payout_id}" if r.reason else
+        f"payout {payout_id}: the next attempt is due now; `ledger transfers` makes it"
+        if r.event_type == "PayoutRetryScheduled" else
+        f"payout {payout_id} failed; new payout {r.payout_id} of {r.amount} requested for {r.payee_id}")
 
 
 @payouts.command("cancel", short_help="Cancel a payout not yet at the provider; its money returns to the payee.")
@@ -162,24 +131,8 @@ def retry(payout_id: str, actor: str, wait_s: float, as_json: bool) -> None:
 def cancel(payout_id: str, reason: str, actor: str, wait_s: float, as_json: bool) -> None:
     """Only a payout that is requested, or waiting for a retry, can be cancelled; the ledger refuses it
     once an attempt is at the provider (even if that attempt started a moment ago)."""
-    settings = Settings()
-    bootstrap, _ = connections(settings)
-    payout = _find(settings, bootstrap, payout_id)
-    if payout.status not in (PayoutStatus.REQUESTED, PayoutStatus.RETRY_WAIT):
-        fail(f"payout {payout_id} is {payout.status.value}: only a requested payout or one waiting for a retry "
-             "can be cancelled")
-    event = records.cancelled(payout, reason, actor, datetime.now(timezone.utc))
-    _send_and_wait(settings, bootstrap, event, wait_s, as_json,
-                   f"payout {payout_id} cancelled; {payout.amount} {payout.amount.currency.code} is "
-                   f"{payout.payee_id}'s unpaid balance again")
-
-
-def _outcome_target(settings: Settings, bootstrap: str, payout_id: str) -> Payout:
-    payout = _find(settings, bootstrap, payout_id)
-    if payout.status not in (PayoutStatus.AT_PROVIDER, PayoutStatus.SUBMITTED) or payout.current is None:
-        fail(f"payout {payout_id} is {payout.status.value}: only a payout at its provider (manual, bank file) "
-             "can be confirmed or failed by hand")
-    return payout
+    act(lambda: _operations(Settings()).cancel(payout_id, reason, actor, wait_s), as_json,
+        lambda r: f"payout {payout_id} cancelled; its money is {r.payee_id}'s unpaid balance again")
 
 
 @payouts.command("confirm", short_help="Confirm a payout was paid (manual payouts, bank files).")
@@ -188,12 +141,8 @@ def _outcome_target(settings: Settings, bootstrap: str, payout_id: str) -> Payou
 @WAIT_OPTION
 @click.option("--json", "as_json", is_flag=True)
 def confirm(payout_id: str, reference: str, wait_s: float, as_json: bool) -> None:
-    settings = Settings()
-    bootstrap, _ = connections(settings)
-    payout = _outcome_target(settings, bootstrap, payout_id)
-    event = records.settled(payout, payout.current.number, payout.current.provider, reference,
-                            datetime.now(timezone.utc))
-    _send_and_wait(settings, bootstrap, event, wait_s, as_json, f"payout {payout_id} settled ({reference})")
+    act(lambda: _operations(Settings()).confirm(payout_id, reference, wait_s), as_json,
+        lambda r: f"payout {payout_id} settled ({reference})")
 
 
 @payouts.command("fail", short_help="Record that a payout failed (manual payouts, bank files); its money returns.")
@@ -203,10 +152,5 @@ def confirm(payout_id: str, reference: str, wait_s: float, as_json: bool) -> Non
 @WAIT_OPTION
 @click.option("--json", "as_json", is_flag=True)
 def fail_payout(payout_id: str, reason_code: str, message: str, wait_s: float, as_json: bool) -> None:
-    settings = Settings()
-    bootstrap, _ = connections(settings)
-    payout = _outcome_target(settings, bootstrap, payout_id)
-    event = records.failed(payout, payout.current.number, payout.current.provider, reason_code,
-                           message or "failed by an operator", False, datetime.now(timezone.utc))
-    _send_and_wait(settings, bootstrap, event, wait_s, as_json,
-                   f"payout {payout_id} failed ({reason_code}); its money is {payout.payee_id}'s unpaid balance again")
+    act(lambda: _operations(Settings()).fail(payout_id, reason_code, message, wait_s), as_json,
+        lambda r: f"payout {payout_id} failed ({reason_code}); its money is {r.payee_id}'s unpaid balance again")

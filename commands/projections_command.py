@@ -9,7 +9,7 @@ import click
 import sqlalchemy
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from commands.output import metrics_port_option, console, emit_json, errors
+from commands.output import metrics_port_option, console, emit_json, errors, start_logging
 from processors.kafka_io import read_topic
 from projections.projector import NAME, PROJECTED, Projector
 from runtime.database import make_engine
@@ -30,13 +30,12 @@ def projector(idle_exit: float | None, as_json: bool, metrics_port: int | None) 
     Rows, the event archive, each payee's last applied event and the consumer positions are written in
     one transaction per batch, so a crash neither doubles nor skips anything. One projector per ledger.
     """
-    start_metrics_server(metrics_port)
     settings = Settings()
+    start_logging(settings, "projector", as_json)
+    start_metrics_server(metrics_port)
     bootstrap, database_url = connections(settings)
-    printer = errors if as_json else console
     with single_instance(database_url, f"projector:{settings.topic_events}"):
-        worker = Projector(settings, bootstrap, database_url,
-                           log=lambda line: printer.print(f"projector: {line}", highlight=False))
+        worker = Projector(settings, bootstrap, database_url)
         stats = worker.run(idle_exit_s=idle_exit)
     if as_json:
         emit_json(asdict(stats))

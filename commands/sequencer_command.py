@@ -6,8 +6,8 @@ from dataclasses import asdict
 
 import click
 
-from commands.output import metrics_port_option, console, emit_json, errors
-from processors.sequencer import Sequencer
+from commands.output import metrics_port_option, console, emit_json, start_logging
+from processors.sequencer import Sequencer, logger
 from runtime.metrics import start_metrics_server
 from runtime.settings import Settings
 from runtime.single_instance import single_instance
@@ -24,15 +24,15 @@ def sequencer(idle_exit: float | None, as_json: bool, metrics_port: int | None) 
 
     Rebuilds its state from ledger.events at start. Only one sequencer may run per ledger.
     """
-    start_metrics_server(metrics_port)
     settings = Settings()
+    start_logging(settings, "sequencer", as_json)
+    start_metrics_server(metrics_port)
     bootstrap, database_url = connections(settings)
-    log = (lambda line: errors.print(f"sequencer: {line}", highlight=False)) if as_json else (
-        lambda line: console.print(f"sequencer: {line}", highlight=False))
     with single_instance(database_url, f"sequencer:{settings.topic_events}"):
-        worker = Sequencer(settings, bootstrap, log=log)
+        worker = Sequencer(settings, bootstrap)
         worker.rebuild()
-        log(f"reading {settings.topic_incoming} -> {settings.topic_events} (rejects -> {settings.topic_dlq})")
+        logger.info("reading %s -> %s (rejects -> %s)", settings.topic_incoming, settings.topic_events,
+                    settings.topic_dlq)
         stats = worker.run(idle_exit_s=idle_exit)
     if as_json:
         emit_json(asdict(stats))

@@ -6,8 +6,8 @@ from dataclasses import asdict
 
 import click
 
-from commands.output import metrics_port_option, console, emit_json, errors
-from processors.transfer_processor import TransferProcessor
+from commands.output import metrics_port_option, console, emit_json, start_logging
+from processors.transfer_processor import TransferProcessor, logger
 from runtime.providers import build_connectors
 from runtime.metrics import start_metrics_server
 from runtime.settings import Settings
@@ -27,15 +27,14 @@ def transfers(idle_exit: float | None, as_json: bool, metrics_port: int | None) 
     money (LEDGER_MOBILE_MONEY_URL), and manual (always). Payouts of a provider that is not configured
     wait. Rebuilds its state from ledger.events at start; only one may run per ledger.
     """
-    start_metrics_server(metrics_port)
     settings = Settings()
+    start_logging(settings, "transfers", as_json)
+    start_metrics_server(metrics_port)
     bootstrap, database_url = connections(settings)
-    printer = errors if as_json else console
-    log = lambda line: printer.print(f"transfers: {line}", highlight=False)  # noqa: E731
     connectors = build_connectors(settings)
     with single_instance(database_url, f"transfers:{settings.topic_events}"):
-        worker = TransferProcessor(settings, bootstrap, connectors, database_url=database_url, log=log)
-        log(f"providers: {', '.join(sorted(connectors))}; retries after {settings.retry_delays_s} s")
+        worker = TransferProcessor(settings, bootstrap, connectors, database_url=database_url)
+        logger.info("providers: %s; retries after %s s", ", ".join(sorted(connectors)), settings.retry_delays_s)
         stats = worker.run(idle_exit_s=idle_exit)
     if as_json:
         emit_json(asdict(stats))

@@ -41,6 +41,7 @@ from __future__ import annotations
 import fcntl
 import functools
 import hashlib
+import logging
 import os
 import re
 import tempfile
@@ -71,6 +72,7 @@ SEPA_CURRENCY = "EUR"
 MAX_AMOUNT_MINOR = 99_999_999_999  # EUR 999,999,999.99: the largest amount a SEPA credit transfer carries
 MAX_TRANSFERS_PER_FILE = 10_000  # a larger batch is split into several files
 LOCK_TIMEOUT_S = 10.0
+logger = logging.getLogger("ledger.connectors.bank_transfer")
 
 # IBAN length per country (SWIFT IBAN registry).
 IBAN_LENGTHS: dict[str, int] = {
@@ -326,6 +328,8 @@ class BankTransferConnector:
         path = self.outbox_dir / f"pain001-{message_id}.xml"
         require(not path.exists(), f"{path} exists: a MsgId was about to be reused")
         _write_atomically(path, raw)
+        # one line per file: the file is the payment order an upload job takes to the bank
+        logger.info("wrote %s: %d transfers", path.name, len(transfers), extra={"message_id": message_id})
         return path, message_id
 
     def _build(self, message_id: str, now: datetime, transfers: list[_Transfer]) -> bytes:

@@ -49,6 +49,7 @@ import base64
 import dataclasses
 import http.client
 import json
+import logging
 import re
 import threading
 import time
@@ -60,6 +61,8 @@ from connectors.base import Outcome, TransferRequest, TransferResult, attempt_ke
 from connectors.classification import failed
 from ledger.guards import require
 from ledger.money import InvalidAmount, Money
+
+logger = logging.getLogger("ledger.connectors.mobile_money")
 
 TOKEN_PATH = "/oauth/v3/token"
 CASHIN_PATH = "/omcoreapis/1.0.2/cashin"
@@ -158,9 +161,11 @@ class MobileMoneyConnector:
             "reference": request.payee_id,
             "description": f"payout {request.payout_id}",
         }
+        logger.debug("cash-in of %s to %s (partnerTransactionId %s)", request.amount, msisdn, request.idempotency_key)
         try:
             answer = self._call("POST", CASHIN_PATH, body)
         except _Stop as stop:
+            logger.warning("cash-in stopped (%s): %s", stop.result.reason_code, stop.result.message)
             return stop.result
         if answer.status in (200, 201):
             return self._transaction_result(request, request.idempotency_key, msisdn, answer.body)
@@ -249,6 +254,7 @@ class MobileMoneyConnector:
         if answer.status != 401:
             return answer
         # A 401 means the call was not executed, so repeating it (POST included) is safe.
+        logger.info("token refused (HTTP 401): fetching a new one and calling again")
         token = self._refresh_token(rejected=token)
         return self._send(method, path, body, {"Authorization": f"Bearer {token}"})
 

@@ -7,15 +7,22 @@ transfer_group (the payout id). The SDK's own retries are off: retries are the p
 
 from __future__ import annotations
 
+import logging
+
 import stripe
 
 from connectors.base import Outcome, TransferRequest, TransferResult
 from connectors.classification import failed
 
+logger = logging.getLogger("ledger.connectors.stripe")
+
 
 def classify(exc: stripe.StripeError) -> TransferResult:
     """A Stripe SDK exception as a classified failure."""
     message = str(getattr(exc, "user_message", None) or exc)
+    # Stripe's request id is what its support asks for; the caller's context names the payout
+    logger.warning("stripe answered HTTP %s (%s): %s", exc.http_status, type(exc).__name__, message,
+                   extra={"stripe_request_id": getattr(exc, "request_id", None) or ""})
     if isinstance(exc, stripe.RateLimitError):
         retry_after = (exc.headers or {}).get("retry-after") or (exc.headers or {}).get("Retry-After")
         return failed("rate_limited", message, float(retry_after) if retry_after else None)
@@ -45,6 +52,8 @@ class StripeConnector:
         )
 
     def submit(self, request: TransferRequest) -> TransferResult:
+        logger.debug("creating a transfer of %s to %s (idempotency key %s)", request.amount, request.destination,
+                     request.idempotency_key)
         try:
             transfer = self._client.v1.transfers.create(
                 params={"amount": request.amount.amount_minor, "currency": request.amount.currency.code.lower(),

@@ -254,6 +254,36 @@ class PayeeEarnings:
             raise ManualPayoutRefused(f"{self.payee_id} is owed {owed} in {currency}: nothing to pay out")
         return event
 
+    def decide_forced_payouts(self, now: datetime, request_id: str, book: PlanBook,
+                              policy: PayoutPolicy) -> tuple[list[Event], list[str]]:
+        """A forced run (seed 002's forceRun): the closes due now, then an early payout of each currency
+        whose balance reaches the minimum, whatever the schedule. Returns (events, why others were not paid)."""
+        events = self.decide_closes(now, book, policy)
+        draft = copy.deepcopy(self)
+        for close in events:
+            draft._fold_decision(close)
+        skipped = []
+        for currency in sorted({line.currency for line in draft.lines} | set(draft.unpaid)):
+            try:
+                early = draft.decide_manual_payout(now, currency, request_id, book, policy)
+            except ManualPayoutRefused as exc:
+                skipped.append(str(exc))
+                continue
+            minimum = draft._minimum(currency, policy)
+            if early.payload["net"] < minimum:
+                skipped.append(f"{self.payee_id} is owed {early.payload['net']} in {currency}: below the minimum {minimum}")
+                continue
+            draft._fold_decision(early)
+            events.append(early)
+        return events, skipped
+
+    def next_cutoff_after(self, instant: datetime, policy: PayoutPolicy) -> datetime | None:
+        """The payee's first cutoff strictly after `instant` (None on a MANUAL schedule)."""
+        schedule = self.schedule or policy.schedule
+        if schedule.frequency is Frequency.MANUAL:
+            return None
+        return cutoff_at_or_after(schedule, instant + MICROSECOND)
+
     def _close_event(self, currency: str, lines: list[EarningLine], start: datetime, cutoff: datetime,
                      now: datetime, book: PlanBook, policy: PayoutPolicy, *, period_id: str | None = None,
                      manual: bool = False) -> Event:

@@ -85,6 +85,9 @@ class Payout:
     accepted_at: datetime | None = None
     updated_at: datetime | None = None
     cancel_reason: str = ""
+    correlation_id: str = ""  # the PayoutRequested's: every event of this payout carries it
+    due_event_id: str = ""  # the event that made the next attempt due (the request, or its retry schedule)
+    last_event_id: str = ""  # the last lifecycle event folded in
 
     @property
     def current(self) -> Attempt | None:
@@ -160,6 +163,7 @@ class PayoutBook:
         getattr(self, f"_on_{kind}")(event.payload, event.envelope)
         payout = self.payouts[event.payload["payout_id"]]
         payout.updated_at = event.envelope.occurred_at
+        payout.last_event_id = event.envelope.event_id
         return True
 
     def _on_PayoutRequested(self, p: Any, envelope: Any) -> None:
@@ -168,7 +172,7 @@ class PayoutBook:
         self.requests[p["payout_id"]] = p
         self.payouts[p["payout_id"]] = Payout(
             p["payout_id"], envelope.payee_id, p["net"], p["payout_method"], p["period_id"], p["trigger"],
-            envelope.occurred_at)
+            envelope.occurred_at, correlation_id=envelope.correlation_id, due_event_id=envelope.event_id)
 
     def _on_PayoutSubmitted(self, p: Any, envelope: Any) -> None:
         payout = self.payouts[p["payout_id"]]
@@ -218,6 +222,7 @@ class PayoutBook:
         payout = self.payouts[p["payout_id"]]
         if payout.status in (PayoutStatus.SUBMITTED, PayoutStatus.AT_PROVIDER, PayoutStatus.RETRY_WAIT):
             payout.status, payout.next_attempt, payout.due_at = PayoutStatus.RETRY_WAIT, p["next_attempt"], p["due_at"]
+            payout.due_event_id = envelope.event_id
 
     def _on_PayoutCancelled(self, p: Any, envelope: Any) -> None:
         payout = self.payouts[p["payout_id"]]
@@ -225,57 +230,74 @@ class PayoutBook:
 
 
 # --- the events the transfer processor and operators record -----------------------------------
+# Each carries its payout's correlation id (the PayoutRequested's, so one id follows a payout from the
+# close that decided it to its last outcome) and, as causation id, the event it answers. Event ids stay
+# deterministic (outcome_event_id); the ledger dedupes on content, which the envelope ids are not part of.
 
 def outcome_event_id(payout_id: str, attempt: int, kind: str) -> str:
     """One id per payout, attempt and kind: recording the same outcome twice chains it once."""
     return str(uuid.uuid5(OUTCOME_NAMESPACE, f"{payout_id}\x1f{attempt}\x1f{kind}"))
 
 
-def _event(kind: str, payout: Payout, now: datetime, event_id: str | None, **payload: Any) -> Event:
+def _event(kind: str, payout: Payout, now: datetime, event_id: str | None, causation_id: str | None,
+           **payload: Any) -> Event:
     envelope = new_envelope(kind, payee_id=payout.payee_id, occurred_at=now, recorded_at=now,
-                            correlation_id=payout.payout_id, event_id=event_id)
+                            correlation_id=payout.correlation_id or payout.payout_id,
+                            causation_id=causation_id or None, event_id=event_id)
     return Event(envelope, {"payout_id": payout.payout_id, **payload})
 
 
 def submitted(payout: Payout, attempt: int, provider: str, idempotency_key: str, now: datetime) -> Event:
+    """Caused by what made the attempt due: the PayoutRequested, or the retry schedule."""
     return _event("PayoutSubmitted", payout, now, outcome_event_id(payout.payout_id, attempt, "submitted"),
+                  payout.due_event_id or payout.payout_id,
                   provider=provider, attempt=attempt, idempotency_key=idempotency_key, amount=payout.amount)
+
+
+def _answering(payout: Payout, attempt: int) -> str:
+    """A provider's outcome answers the attempt's PayoutSubmitted."""
+    return outcome_event_id(payout.payout_id, attempt, "submitted")
 
 
 def accepted(payout: Payout, attempt: int, provider: str, reference: str, now: datetime) -> Event:
     return _event("PayoutAccepted", payout, now, outcome_event_id(payout.payout_id, attempt, "accepted"),
+                  _answering(payout, attempt),
                   provider=provider, provider_reference=reference, attempt=attempt, amount=payout.amount)
 
 
 def settled(payout: Payout, attempt: int, provider: str, reference: str, now: datetime) -> Event:
     return _event("PayoutSettled", payout, now, outcome_event_id(payout.payout_id, attempt, "settled"),
+                  _answering(payout, attempt),
                   provider=provider, provider_reference=reference, attempt=attempt, amount=payout.amount)
 
 
 def failed(payout: Payout, attempt: int, provider: str, reason_code: str, message: str, retryable: bool,
            now: datetime) -> Event:
     return _event("PayoutFailed", payout, now, outcome_event_id(payout.payout_id, attempt, "failed"),
+                  _answering(payout, attempt),
                   provider=provider, reason_code=reason_code, provider_message=message[:1000], attempt=attempt,
                   retryable=retryable, amount=payout.amount)
 
 
 def retry_scheduled(payout: Payout, next_attempt: int, provider: str, due_at: datetime, reason_code: str,
                     message: str, now: datetime, event_id: str | None = None) -> Event:
+    """Caused by the last event of the payout (the retryable failure, or what an operator retries after)."""
     return _event("PayoutRetryScheduled", payout, now,
-                  event_id or outcome_event_id(payout.payout_id, next_attempt, "retry"),
+                  event_id or outcome_event_id(payout.payout_id, next_attempt, "retry"), payout.last_event_id,
                   provider=provider, next_attempt=next_attempt, due_at=due_at, reason_code=reason_code,
                   provider_message=message[:1000])
 
 
 def cancelled(payout: Payout, reason: str, actor: str, now: datetime) -> Event:
-    return _event("PayoutCancelled", payout, now, None, reason=reason, actor=actor)
+    return _event("PayoutCancelled", payout, now, None, payout.last_event_id, reason=reason, actor=actor)
 
 
 def expiry_hold(payout: Payout, attempt: int, hours: float, now: datetime) -> Event:
     """Hold the payee whose transfer expired unanswered: its money is back in the balance, but the provider
     may still complete the transfer, so nothing more is paid until an operator has checked and released."""
     envelope = new_envelope("PayeeHoldSet", payee_id=payout.payee_id, occurred_at=now, recorded_at=now,
-                            correlation_id=payout.payout_id,
+                            correlation_id=payout.correlation_id or payout.payout_id,
+                            causation_id=outcome_event_id(payout.payout_id, attempt, "failed"),
                             event_id=outcome_event_id(payout.payout_id, attempt, "expiry-hold"))
     return Event(envelope, {"held": True, "actor": "transfer-processor", "reason": (
         f"payout {payout.payout_id} was still processing at the provider after {hours:g} h and is recorded as "

@@ -8,11 +8,16 @@ sequence, whatever the rebuild already applied. It never emits per input event. 
 ledger.clock decides closes from the state at each tick and sends them to ledger.commands with
 deterministic ids: a close lost in a crash is decided again at the next tick, and one sent twice is
 dropped by the sequencer.
+
+Consumer lag is the age of the record an agent holds (its Kafka timestamp, which Faust exposes on
+`stream.events()`), and 0 once an agent has been idle for IDLE_CAUGHT_UP_S: Faust has no end-of-partition
+event, and the high watermark is wrong on Tansu (docs/decisions.md §7).
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from datetime import datetime, timezone
 
@@ -20,13 +25,18 @@ import faust
 
 from ledger.codec import EventCodec, UndecodableEvent
 from ledger.earnings import PayeeEarnings
+from processors.kafka_io import ConsumerLag
 from processors.payout_run import fold_ledger
 from projections.payout_controls import read_pause
+from runtime.logs import log_context
 from runtime.plans import plan_book
 from runtime.settings import Settings
 
 # A close refused by the sequencer never comes back: decide that payee again after this long.
 PENDING_EXPIRY_S = 300.0
+IDLE_CAUGHT_UP_S = 1.0
+logger = logging.getLogger("ledger.aggregator")
+
 
 def make_app(settings: Settings, bootstrap: str, database_url: str) -> faust.App:
     app = faust.App(
@@ -48,50 +58,88 @@ def make_app(settings: Settings, bootstrap: str, database_url: str) -> faust.App
     state: dict[str, PayeeEarnings] = {}
     pending: dict[str, tuple[set[str], float]] = {}  # payee -> (close ids sent, when), until chained
     ready = asyncio.Event()
+    lag = ConsumerLag("aggregator", (settings.topic_events, settings.topic_clock))
+    holding: dict[str, float] = {}  # topic -> monotonic time an agent took its current record
+    last_seen: dict[str, float] = {}  # topic -> monotonic time an agent last finished a record
+
+    def took(topic: str, record) -> None:  # noqa: ANN001 - a Faust EventT
+        holding[topic] = time.monotonic()
+        if record.message.timestamp:
+            lag.observe(topic, record.message.timestamp)  # seconds, as Faust gives it
+
+    def done(topic: str) -> None:
+        holding.pop(topic, None)
+        last_seen[topic] = time.monotonic()
 
     @app.task
     async def rebuild() -> None:
+        started = time.monotonic()
         state.update(await asyncio.to_thread(fold_ledger, bootstrap, settings.topic_events, codec))
         ready.set()
+        logger.info("rebuilt %d payees from %s in %.2f s", len(state), settings.topic_events,
+                    time.monotonic() - started)
+
+    @app.timer(interval=IDLE_CAUGHT_UP_S)
+    async def idle_lag() -> None:
+        now = time.monotonic()
+        lag.caught_up(topic for topic in (settings.topic_events, settings.topic_clock)
+                      if topic not in holding and now - last_seen.get(topic, 0.0) >= IDLE_CAUGHT_UP_S)
 
     @app.agent(events, concurrency=1)
     async def fold(stream):  # noqa: ANN001 - a Faust stream
-        async for value in stream:
+        async for record in stream.events():
+            took(settings.topic_events, record)
             await ready.wait()
             try:
-                event = codec.decode(value)
+                event = codec.decode(record.value)
             except UndecodableEvent as exc:  # ledger.events is written by the sequencer only: stop
                 raise RuntimeError(f"ledger.events holds an unreadable event: {exc.reason}") from None
-            state.setdefault(event.payee_id, PayeeEarnings(event.payee_id)).apply(event)
+            with log_context(event_id=event.envelope.event_id, correlation_id=event.envelope.correlation_id,
+                             payee_id=event.payee_id):
+                state.setdefault(event.payee_id, PayeeEarnings(event.payee_id)).apply(event)
             waiting = pending.get(event.payee_id)
             if waiting is not None:
                 waiting[0].discard(event.envelope.event_id)
                 if not waiting[0]:
                     del pending[event.payee_id]
+            done(settings.topic_events)
 
     @app.agent(clock, concurrency=1)
     async def tick(stream):  # noqa: ANN001
-        async for value in stream:
+        async for record in stream.events():
+            took(settings.topic_clock, record)
             await ready.wait()
-            at = datetime.fromisoformat(value.decode()).astimezone(timezone.utc)
+            at = datetime.fromisoformat(record.value.decode()).astimezone(timezone.utc)
             if (await asyncio.to_thread(read_pause, database_url)).paused:
+                logger.info("tick %s: payouts are paused, nothing requested", at.isoformat())
+                done(settings.topic_clock)
                 continue  # emergency stop: nothing is requested; earnings keep folding
+            sent = 0
             for payee_id in sorted(state):
                 waiting = pending.get(payee_id)
                 if waiting is not None and time.monotonic() - waiting[1] < PENDING_EXPIRY_S:
                     continue  # decide again only on top of the closes already sent, once they are chained
                 closes = state[payee_id].decide_closes(at, book, policy)
                 for close in closes:
+                    with log_context(event_id=close.envelope.event_id, correlation_id=close.envelope.correlation_id,
+                                     payee_id=payee_id, payout_id=close.payload.get("payout_id")):
+                        logger.debug("%s for period %s: %s", close.event_type, close.payload["period_id"],
+                                     close.payload["net"])
                     await commands.send(key=payee_id.encode(), value=codec.encode(close))
                 if closes:
                     pending[payee_id] = ({close.envelope.event_id for close in closes}, time.monotonic())
+                    sent += len(closes)
+            if sent:
+                logger.info("tick %s: %d closes sent to %s", at.isoformat(), sent, settings.topic_commands)
+            done(settings.topic_clock)
 
     return app
 
 
 def run_worker(settings: Settings, bootstrap: str, database_url: str) -> None:
-    """Run the aggregator until SIGTERM/SIGINT."""
+    """Run the aggregator until SIGTERM/SIGINT, logging through runtime/logs.py's handler (configure it first)."""
     from faust.worker import Worker
 
     app = make_app(settings, bootstrap, database_url)
-    Worker(app, loglevel="WARN", quiet=True).execute_from_commandline()
+    # override_logging=False: Faust would replace the root handlers with its own coloured ones
+    Worker(app, loglevel="WARN", quiet=True, override_logging=False).execute_from_commandline()

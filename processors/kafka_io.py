@@ -2,19 +2,26 @@
 
 Readers use assign() (starts at once; subscribe() waits ~23 s for a group join on Tansu) and detect
 the end of a partition with partition EOF events: Tansu's ListOffsets high watermark is the last
-batch's base offset + 1, not the last offset + 1, so watermarks must not be used to find the end.
+batch's base offset + 1, not the last offset + 1, so watermarks must not be used to find the end,
+nor to measure lag: ConsumerLag measures it as time, from the records' own timestamps.
 """
 
 from __future__ import annotations
 
+import logging
 import time
 from dataclasses import dataclass
-from typing import Iterator
+from typing import Callable, Iterable, Iterator
 
-from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
+from confluent_kafka import TIMESTAMP_NOT_AVAILABLE, Consumer, KafkaError, KafkaException, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient
 
+from runtime import metrics
+
 METADATA_TIMEOUT_S = 10.0
+# librdkafka's own log lines (broker down, ...) through Python logging, so they follow LEDGER_LOG_FORMAT
+# instead of being printed raw on stderr. Pass it as the "logger" of every client.
+CLIENT_LOG = logging.getLogger("ledger.kafka")
 
 
 class DeliveryFailed(RuntimeError):
@@ -31,6 +38,7 @@ def make_producer(bootstrap: str, **overrides: object) -> Producer:
         "compression.type": "none",
         # Java clients, Faust and Kafka Streams hash keys with murmur2; librdkafka's default differs.
         "partitioner": "murmur2_random",
+        "logger": CLIENT_LOG,
     }
     config.update(overrides)
     return Producer(config)
@@ -92,6 +100,7 @@ def read_topic(bootstrap: str, topic: str, timeout_s: float = 30.0) -> Iterator[
             "enable.partition.eof": True,
             "auto.offset.reset": "earliest",
             "fetch.wait.max.ms": 20,  # an empty partition answers (EOF) at once instead of after 500 ms
+            "logger": CLIENT_LOG,
         }
     )
     try:
@@ -121,3 +130,40 @@ def read_topic(bootstrap: str, topic: str, timeout_s: float = 30.0) -> Iterator[
             )
     finally:
         consumer.close()
+
+
+class ConsumerLag:
+    """`ledger_consumer_lag_seconds{processor,topic}`: how old the record being processed is (now minus its
+    Kafka timestamp), and 0 when a poll finds the processor caught up; plus the last record's timestamp.
+
+    Time, not offsets: Tansu's high watermark is wrong (docs/decisions.md §7), and an age is what an
+    alert wants anyway. Set once per polled batch (its newest record per topic), not per record.
+    """
+
+    def __init__(self, processor: str, topics: Iterable[str], clock: Callable[[], float] = time.time) -> None:
+        self.clock = clock
+        self._lag = {topic: metrics.CONSUMER_LAG.labels(processor, topic) for topic in topics}
+        self._last = {topic: metrics.CONSUMER_LAST_RECORD.labels(processor, topic) for topic in topics}
+
+    def observe(self, topic: str, timestamp_s: float) -> None:
+        """One record of `topic` with this timestamp (Unix seconds) is being processed."""
+        if topic in self._lag:
+            self._last[topic].set(timestamp_s)
+            self._lag[topic].set(max(0.0, self.clock() - timestamp_s))
+
+    def observe_batch(self, messages: Iterable) -> None:  # confluent_kafka.Message
+        """The batch just polled: its newest record per topic (errors and EOF events are skipped)."""
+        newest: dict[str, int] = {}
+        for message in messages:
+            if message.error() is None:
+                kind, timestamp_ms = message.timestamp()
+                if kind != TIMESTAMP_NOT_AVAILABLE and timestamp_ms > 0:
+                    newest[message.topic()] = max(newest.get(message.topic(), 0), timestamp_ms)
+        for topic, timestamp_ms in newest.items():
+            self.observe(topic, timestamp_ms / 1000)
+
+    def caught_up(self, topics: Iterable[str] | None = None) -> None:
+        """A poll found nothing more on these topics (None: on every topic)."""
+        for topic in tuple(self._lag) if topics is None else topics:
+            if topic in self._lag:
+                self._lag[topic].set(0)

@@ -1,9 +1,14 @@
 """One provider's lane in the transfer processor: its connector, circuit breaker, bounded concurrency
 (a thread pool) and call rate (a token bucket). Provider calls run here, off the processor's loop, so a
-slow provider delays only its own payouts."""
+slow provider delays only its own payouts.
+
+Calls run in the pool inside a copy of the submitting context (contextvars do not cross into pool
+threads by themselves), so a connector's log lines carry the payout's ids (runtime/logs.py)."""
 
 from __future__ import annotations
 
+import contextvars
+import logging
 import queue
 import threading
 import time
@@ -15,6 +20,8 @@ from typing import Callable
 from connectors.base import Connector, Outcome, TransferRequest, TransferResult
 from connectors.circuit_breaker import CircuitBreaker
 from runtime import metrics
+
+logger = logging.getLogger("ledger.transfers")
 
 
 class TokenBucket:
@@ -79,12 +86,12 @@ class ProviderLane:
         for request in requests:
             self.busy.add(request.payout_id)
             self._submitting.add(request.payout_id)
-        self._pool.submit(self._run, requests, "submit")
+        self._pool.submit(contextvars.copy_context().run, self._run, requests, "submit")
 
     def resolve(self, request: TransferRequest, mode: str) -> None:
         """Ask the provider what it knows (after a restart: `resolve`; a transfer still processing: `poll`)."""
         self.busy.add(request.payout_id)
-        self._pool.submit(self._run, [request], mode)
+        self._pool.submit(contextvars.copy_context().run, self._run, [request], mode)
 
     def done(self, payout_id: str) -> None:
         self.busy.discard(payout_id)
@@ -103,6 +110,7 @@ class ProviderLane:
                 results = [self.connector.lookup(requests[0])]
             metrics.PROVIDER_LATENCY.labels(self.name, mode).observe(time.monotonic() - started)
         except Exception as exc:  # a connector bug: the outcome is unknown, so it is looked up later
+            logger.exception("%s %s raised: the outcome is unknown and is looked up later", self.name, mode)
             for request in requests:
                 self._results.put(CallResult(self.name, request.payout_id, request.attempt, mode, None,
                                              f"{type(exc).__name__}: {exc}"))

@@ -10,6 +10,7 @@ dead-lettered by their source position, so nothing is appended twice and nothing
 from __future__ import annotations
 
 import json
+import logging
 import signal
 import threading
 import time
@@ -24,13 +25,17 @@ from ledger.events import Event
 from ledger.intake import INTAKE_TYPES, IntakeLimits, IntakeRejected, parse_record, validate_event
 from ledger.ledger_index import LedgerIndex
 from processors.dead_letters import dead_letter_headers, read_dead_letters
-from processors.kafka_io import DeliveryTracker, Record, flush_or_raise, make_producer, topic_partitions
+from processors.kafka_io import (
+    CLIENT_LOG, ConsumerLag, DeliveryTracker, Record, flush_or_raise, make_producer, topic_partitions,
+)
 from processors.ledger_replay import load_index
 from runtime import metrics
+from runtime.logs import log_context
 from runtime.settings import Settings
 
 Clock = Callable[[], datetime]
 SOURCE_HEADER = "ledger-source"
+logger = logging.getLogger("ledger.sequencer")
 
 
 def utc_now() -> datetime:
@@ -96,12 +101,12 @@ class Sequencer:
     """One sequencer for all partitions of payments.incoming (see docs/decisions.md §12 for scale-out)."""
 
     def __init__(self, settings: Settings, bootstrap: str, *, codec: EventCodec | None = None,
-                 clock: Clock = utc_now, log: Callable[[str], None] = lambda _: None) -> None:
+                 clock: Clock = utc_now, log: Callable[[str], None] | None = None) -> None:
         self.settings = settings
         self.bootstrap = bootstrap
         self.codec = codec or EventCodec()
         self.clock = clock
-        self.log = log
+        self.log = log or logger.info
         self.limits = settings.intake_limits()
         self.stats = SequencerStats()
         self.index: LedgerIndex | None = None
@@ -135,8 +140,10 @@ class Sequencer:
             "enable.auto.commit": False,
             "enable.auto.offset.store": False,
             "auto.offset.reset": "earliest",
+            "logger": CLIENT_LOG,
         })
         topics = (self.settings.topic_incoming, self.settings.topic_commands)
+        lag = ConsumerLag("sequencer", topics)
         consumer.assign([TopicPartition(topic, partition, OFFSET_STORED)
                          for topic in topics for partition in topic_partitions(self.bootstrap, topic)])
         last_input = time.monotonic()
@@ -144,12 +151,15 @@ class Sequencer:
             while not self._stop.is_set():
                 messages = consumer.consume(self.settings.sequencer_batch_max,
                                             self.settings.sequencer_batch_wait_ms / 1000)
+                lag.observe_batch(messages)
+                if len(messages) < self.settings.sequencer_batch_max:  # the poll drained what there was
+                    lag.caught_up(set(topics) - {message.topic() for message in messages})
                 records = [self._record(message) for message in messages if message.error() is None]
                 for message in messages:
                     if message.error() is not None:
                         if message.error().fatal():
                             raise KafkaException(message.error())
-                        self.log(f"consumer: {message.error().str()}")  # transient: librdkafka retries
+                        logger.warning("consumer: %s", message.error().str())  # transient: librdkafka retries
                 if records:
                     self._process_batch(consumer, records)
                     last_input = time.monotonic()
@@ -193,13 +203,22 @@ class Sequencer:
                 event = interpret(record.value, self.codec, self.limits, now)
         except Rejected as exc:
             return self._dead_letter(record, exc.stage, exc.reason, now, tracker)
+        envelope = event.envelope
+        with log_context(event_id=envelope.event_id, correlation_id=envelope.correlation_id,
+                         causation_id=envelope.causation_id, payee_id=envelope.payee_id,
+                         payout_id=event.payload.get("payout_id")):
+            return self._chain(record, event, now, tracker)
+
+    def _chain(self, record: Record, event: Event, now: datetime, tracker: DeliveryTracker) -> int:
+        assert self.index is not None
         verdict = self.index.verdict(event)
         if verdict.status == "duplicate":
             self.stats.duplicates += 1
             metrics.DUPLICATES.labels(record.topic).inc()
+            logger.debug("%s %s is a duplicate: %s", event.event_type, event.envelope.event_id, verdict.reason)
             return 0
         if verdict.status == "reject":
-            return self._dead_letter(record, "ledger", verdict.reason, now, tracker)
+            return self._dead_letter(record, "ledger", verdict.reason, now, tracker, event.event_type)
         sequenced, encoded = self.index.append(event)
         self._producer.produce(
             self.settings.topic_events, key=sequenced.payee_id.encode(), value=encoded, on_delivery=tracker,
@@ -208,9 +227,11 @@ class Sequencer:
         self._producer.poll(0)
         self.stats.appended += 1
         metrics.EVENTS_APPENDED.labels(sequenced.event_type).inc()
+        logger.debug("chained %s as %s #%d", sequenced.event_type, sequenced.payee_id, sequenced.envelope.sequence)
         return 1
 
-    def _dead_letter(self, record: Record, stage: str, reason: str, now: datetime, tracker: DeliveryTracker) -> int:
+    def _dead_letter(self, record: Record, stage: str, reason: str, now: datetime, tracker: DeliveryTracker,
+                     event_type: str | None = None) -> int:
         self._producer.produce(self.settings.topic_dlq, key=record.key, value=record.value or b"",
                                headers=dead_letter_headers(record, stage, reason, now), on_delivery=tracker)
         self._producer.poll(0)
@@ -218,4 +239,9 @@ class Sequencer:
         self.stats.dead_lettered += 1
         metrics.DEAD_LETTERS.labels(stage).inc()
         self.stats.by_reason[stage] = self.stats.by_reason.get(stage, 0) + 1
+        source = f"{record.topic}:{record.partition}:{record.offset}"
+        # one line per refused input: an operator must see what was refused and why (`ledger dlq list`)
+        logger.warning("dead-lettered %s from %s (%s): %s", event_type or "a record", source, stage, reason,
+                       extra={"stage": stage, "reason": reason, "source": source,
+                              "key": (record.key or b"").decode("utf-8", "replace")})
         return 1

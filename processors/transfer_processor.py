@@ -22,6 +22,7 @@ has its own lane: circuit breaker, bounded concurrency and call rate (processors
 
 from __future__ import annotations
 
+import logging
 import queue
 import signal
 import threading
@@ -40,10 +41,13 @@ from ledger.events import Event
 from ledger.payouts import Payout, PayoutBook, PayoutStatus
 from ledger.retry_policy import RetryPolicy
 from processors.fault_points import crash_point
-from processors.kafka_io import DeliveryTracker, flush_or_raise, make_producer, read_topic, topic_partitions
+from processors.kafka_io import (
+    CLIENT_LOG, ConsumerLag, DeliveryTracker, flush_or_raise, make_producer, read_topic, topic_partitions,
+)
 from processors.ledger_replay import CorruptLedger
 from processors.provider_lane import CallResult, ProviderLane, utc_now
 from runtime import metrics
+from runtime.logs import log_context
 from runtime.settings import Settings
 
 OUTCOME_TYPES = ("PayoutAccepted", "PayoutSettled", "PayoutFailed", "PayoutRetryScheduled")
@@ -55,6 +59,15 @@ UNCHAINED_WARNING_S = 10.0
 # A lookup or status check failing with these says nothing about the transfer: the question went unanswered.
 UNANSWERED_CODES = frozenset({"timeout", "connection_error", "rate_limited", "provider_error", "provider_unavailable",
                               "authentication_failed"})
+logger = logging.getLogger("ledger.transfers")
+
+
+def payout_context(payout: Payout | None, **fields: object):  # noqa: ANN201 - a context manager
+    """Log lines inside carry the payout's ids (and the connector's, called from a lane's thread)."""
+    if payout is None:
+        return log_context(**fields)
+    return log_context(**{"payout_id": payout.payout_id, "payee_id": payout.payee_id,
+                          "correlation_id": payout.correlation_id or payout.payout_id, **fields})
 
 
 @dataclass
@@ -73,10 +86,10 @@ class TransferStats:
 class TransferProcessor:
     def __init__(self, settings: Settings, bootstrap: str, connectors: dict[str, Connector], *,
                  database_url: str | None = None, codec: EventCodec | None = None,
-                 clock: Callable[[], datetime] = utc_now, log: Callable[[str], None] = print) -> None:
+                 clock: Callable[[], datetime] = utc_now, log: Callable[[str], None] | None = None) -> None:
         self.settings, self.bootstrap, self.database_url = settings, bootstrap, database_url
         self.codec = codec or EventCodec()
-        self.clock, self.log = clock, log
+        self.clock, self.log = clock, log or logger.info
         self.policy = RetryPolicy(tuple(settings.retry_delays_s))
         self.book = PayoutBook()
         self.stats = TransferStats()
@@ -123,14 +136,17 @@ class TransferProcessor:
         consumer = Consumer({
             "bootstrap.servers": self.bootstrap, "group.id": "ledger-transfers", "enable.auto.commit": False,
             "enable.partition.eof": True, "auto.offset.reset": "earliest", "fetch.wait.max.ms": 50,
+            "logger": CLIENT_LOG,
         })
         consumer.assign([TopicPartition(self.settings.topic_events, p, OFFSET_BEGINNING) for p in partitions])
+        lag = ConsumerLag("transfers", [self.settings.topic_events])
         at_end: set[int] = set()
         caught_up = False
         last_activity = time.monotonic()
         try:
             while not self._stop.is_set():
                 messages = consumer.consume(500, 0.05 if caught_up else 0.2)
+                lag.observe_batch(messages)
                 for message in messages:
                     error = message.error()
                     if error is not None:
@@ -139,11 +155,13 @@ class TransferProcessor:
                             continue
                         if error.fatal():
                             raise KafkaException(error)
-                        self.log(f"consumer: {error.str()}")
+                        logger.warning("consumer: %s", error.str())
                         continue
                     at_end.discard(message.partition())
                     self._on_chained(self._decode(message))
                     last_activity = time.monotonic()
+                if not messages or len(at_end) == len(partitions):
+                    lag.caught_up()
                 if not caught_up:
                     if len(at_end) < len(partitions):
                         continue
@@ -244,7 +262,8 @@ class TransferProcessor:
             elif status is PayoutStatus.AT_PROVIDER and lane.name in POLLED_PROVIDERS:
                 if mono - self._last_poll.get(payout_id, 0.0) >= self.settings.pending_poll_s and lane.lookup_slots > 0:
                     self._last_poll[payout_id] = mono
-                    lane.resolve(self._request(payout, payout.current.number), "poll")
+                    with payout_context(payout):
+                        lane.resolve(self._request(payout, payout.current.number), "poll")
                     acted = True
         self._update_gauges(mono)
         for name, requests in to_submit.items():
@@ -252,7 +271,11 @@ class TransferProcessor:
             batches = [requests] if lane.batches else [[request] for request in requests]
             for batch in batches:
                 crash_point("after_submit")
-                lane.submit(batch)
+                for request in batch:
+                    with payout_context(self.book.get(request.payout_id), attempt=request.attempt):
+                        logger.info("paying %s through %s (attempt %d)", request.amount, name, request.attempt)
+                with payout_context(self.book.get(batch[0].payout_id) if len(batch) == 1 else None):
+                    lane.submit(batch)
         self._flush()
         return acted
 
@@ -298,6 +321,8 @@ class TransferProcessor:
         event = self._sent_submits.get((payout.payout_id, attempt)) or records.submitted(
             payout, attempt, lane.name, attempt_key(payout.payout_id, attempt), now)
         self._sent_submits[(payout.payout_id, attempt)] = event
+        with payout_context(payout, event_id=event.envelope.event_id):
+            logger.debug("attempt %d recorded: paid once the sequencer has chained it", attempt)
         self._send(event)
         metrics.PAYOUT_ATTEMPTS.labels(lane.name).inc()
         self._awaiting[payout.payout_id] = (attempt, mono)
@@ -327,7 +352,9 @@ class TransferProcessor:
             self._cleared.discard(key)
             to_submit.setdefault(lane.name, []).append(request)
         else:
-            lane.resolve(request, "resolve")
+            with payout_context(payout, attempt=attempt):
+                logger.info("asking %s what it holds for attempt %d before paying", lane.name, attempt)
+                lane.resolve(request, "resolve")
         return True
 
     def _outstanding(self) -> dict[str, int]:
@@ -391,7 +418,9 @@ class TransferProcessor:
                 break
             drained = True
             self.lanes[call.provider].done(call.payout_id)
-            self._on_result(call)
+            with payout_context(self.book.get(call.payout_id), payout_id=call.payout_id, provider=call.provider,
+                                attempt=call.attempt):
+                self._on_result(call)
         self._flush()
         return drained
 
@@ -420,13 +449,14 @@ class TransferProcessor:
                 self._unknown_until[call.payout_id] = time.monotonic() + wait_s
                 self._fresh.discard((call.payout_id, call.attempt))
                 self._cleared.discard((call.payout_id, call.attempt))
-                self.log(f"{call.provider} {call.mode} of {call.payout_id}: {why}; asking again in {wait_s:.0f} s")
+                logger.warning("%s %s of %s: %s; asking again in %.0f s", call.provider, call.mode, call.payout_id,
+                               why, wait_s)
             return  # a poll is simply asked again at the next poll
         if result is None:
             if call.mode == "resolve":  # the provider has nothing under this payout: pay it at the next round
                 self._cleared.add((call.payout_id, call.attempt))  # (with others: one bank file, not one each)
             else:
-                self.log(f"{call.provider} does not know payout {call.payout_id}, which it accepted")
+                logger.warning("%s does not know payout %s, which it accepted", call.provider, call.payout_id)
             return
         if call.mode == "resolve":
             self.stats.resolved_by_lookup += 1
@@ -437,12 +467,15 @@ class TransferProcessor:
         attempt = call.attempt
         if result.outcome is Outcome.SETTLED:
             self._send(records.settled(payout, attempt, lane.name, result.provider_reference, now))
+            logger.info("payout settled: %s through %s (%s)", payout.amount, lane.name, result.provider_reference)
             self.stats.settled += 1
             metrics.PAYOUTS_SETTLED.labels(lane.name, payout.amount.currency.code).inc()
             metrics.PAYOUT_AMOUNT.labels(payout.amount.currency.code, "settled").inc(payout.amount.amount_minor)
         elif result.outcome is Outcome.PENDING:
             if payout.status is PayoutStatus.SUBMITTED:
                 self._send(records.accepted(payout, attempt, lane.name, result.provider_reference, now))
+                logger.info("accepted by %s (%s): the final outcome comes later", lane.name,
+                            result.provider_reference)
                 self._last_poll[payout.payout_id] = time.monotonic()
                 self.stats.accepted += 1
         elif result.retryable:
@@ -463,6 +496,8 @@ class TransferProcessor:
         if record_failure:
             self._send(records.failed(payout, attempt, provider, reason_code, message, True, now))
         self._send(records.retry_scheduled(payout, attempt + 1, provider, due, reason_code, message, now))
+        logger.info("attempt %d failed (%s: %s): attempt %d scheduled at %s", attempt, reason_code, message,
+                    attempt + 1, due.isoformat(), extra={"reason_code": reason_code, "provider": provider})
         self.stats.retries_scheduled += 1
         metrics.PAYOUT_RETRIES.labels(provider, reason_code).inc()
 
@@ -479,6 +514,8 @@ class TransferProcessor:
         self._count_failure(payout, provider, "processing_expired")
 
     def _count_failure(self, payout: Payout, provider: str, reason_code: str) -> None:
+        logger.info("payout failed for good (%s): %s returns to the balance", reason_code, payout.amount,
+                    extra={"reason_code": reason_code, "provider": provider})
         self.stats.failed += 1
         metrics.PAYOUTS_FAILED.labels(provider, reason_code).inc()
         metrics.PAYOUT_AMOUNT.labels(payout.amount.currency.code, "failed").inc(payout.amount.amount_minor)

@@ -3,6 +3,8 @@
 A 2xx tells Stripe to stop retrying, so it is answered only once the ledger events are durably in
 Kafka (`append` returns after acks=all); any failure is a 5xx and Stripe retries (for up to 3 days).
 Rejected deliveries (bad signature, stale, replayed, unparseable) are 400 and append nothing.
+Every delivery is counted (ledger_webhooks_received_total{outcome}) and its log lines carry the Stripe
+event id and, once known, the payout's ids.
 """
 
 from __future__ import annotations
@@ -23,6 +25,8 @@ from connectors.stripe_webhooks import (
 from ledger.codec import EventCodec
 from ledger.events import Event
 from processors.payout_run import send_commands
+from runtime import metrics
+from runtime.logs import log_context
 from runtime.settings import Settings
 
 BODY_BYTES_MAX = 256 * 1024  # Stripe events are a few KiB; a payout event well under 16 KiB
@@ -85,7 +89,7 @@ def make_app(secret: str, append: Append, *, tolerance_s: int = DEFAULT_TOLERANC
     async def stripe_webhook(request: Request) -> JSONResponse:
         body = await _read_body(request, body_bytes_max)
         if body is None:
-            return JSONResponse({"error": f"body larger than {body_bytes_max} bytes"}, status_code=413)
+            return _answer("rejected", {"error": f"body larger than {body_bytes_max} bytes"}, 413)
         now = int(clock())
         try:
             delivery = verify_delivery(body, request.headers.get(SIGNATURE_HEADER), secret, now=now,
@@ -93,26 +97,41 @@ def make_app(secret: str, append: Append, *, tolerance_s: int = DEFAULT_TOLERANC
             replay_guard.admit(delivery.timestamp, delivery.signature, now=now)
         except WebhookRejected as exc:
             log.warning("stripe webhook rejected: %s", exc.reason)
-            return JSONResponse({"error": exc.reason}, status_code=400)
+            return _answer("rejected", {"error": exc.reason}, 400)
         event = delivery.event
+        with log_context(stripe_event_id=event["id"], stripe_event_type=event["type"]):
+            return await _record(event)
+
+    async def _record(event: dict) -> JSONResponse:
         if replay_guard.already_processed(event["id"]):
-            return JSONResponse({"duplicate": True})
+            log.info("stripe event %s already recorded", event["id"])
+            return _answer("duplicate", {"duplicate": True})
         try:
             translation = interpret(event, received_at=datetime.fromtimestamp(clock(), timezone.utc))
         except UntranslatableEvent as exc:
             # Ours but malformed: not 2xx, so Stripe keeps it visible as a failing delivery.
             log.error("stripe event %s (%s) cannot be recorded: %s", event["id"], event["type"], exc.reason)
-            return JSONResponse({"error": exc.reason}, status_code=422)
+            return _answer("rejected", {"error": exc.reason}, 422)
         if not translation.events:
             replay_guard.mark_processed(event["id"])
             log.info("stripe event %s ignored: %s", event["id"], translation.ignored_reason)
-            return JSONResponse({"ignored": event["type"], "reason": translation.ignored_reason})
-        try:
-            await run_in_threadpool(append, translation.events)
-        except Exception:
-            log.exception("stripe event %s: appending to the ledger failed; Stripe will retry", event["id"])
-            return JSONResponse({"error": "the ledger could not record the event: retry later"}, status_code=500)
-        replay_guard.mark_processed(event["id"])
-        return JSONResponse({"received": True, "events": len(translation.events)})
+            return _answer("ignored", {"ignored": event["type"], "reason": translation.ignored_reason})
+        first = translation.events[0]
+        with log_context(payout_id=first.payload.get("payout_id"), payee_id=first.payee_id,
+                         correlation_id=first.envelope.correlation_id, event_id=first.envelope.event_id):
+            try:
+                await run_in_threadpool(append, translation.events)
+            except Exception:
+                log.exception("stripe event %s: appending to the ledger failed; Stripe will retry", event["id"])
+                return _answer("error", {"error": "the ledger could not record the event: retry later"}, 500)
+            replay_guard.mark_processed(event["id"])
+            log.info("stripe event %s (%s) recorded as %s", event["id"], event["type"],
+                     ", ".join(e.event_type for e in translation.events))
+        return _answer("accepted", {"received": True, "events": len(translation.events)})
 
     return app
+
+
+def _answer(outcome: str, body: dict, status_code: int = 200) -> JSONResponse:
+    metrics.WEBHOOKS_RECEIVED.labels(outcome).inc()
+    return JSONResponse(body, status_code=status_code)

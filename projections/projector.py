@@ -10,6 +10,7 @@ after each payee's recorded head.
 
 from __future__ import annotations
 
+import logging
 import signal
 import threading
 import time
@@ -22,17 +23,19 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaExcepti
 from ledger.codec import EventCodec, UndecodableEvent
 from processors.dead_letters import parse_entry
 from processors.fault_points import crash_point
-from processors.kafka_io import Record, topic_partitions
+from processors.kafka_io import CLIENT_LOG, ConsumerLag, Record, topic_partitions
 from processors.ledger_replay import CorruptLedger
 from projections.archive import archive_events
 from projections.bulk import upsert
 from projections.read_model import KEYS, ReadModel
 from runtime.database import make_engine
 from runtime import metrics
+from runtime.logs import log_context
 from runtime.settings import Settings
 
 NAME = "read-models"
 PROJECTED = (*KEYS, "dead_letters")
+logger = logging.getLogger("ledger.projector")
 
 
 @dataclass
@@ -52,11 +55,11 @@ def load_tables(engine: sqlalchemy.Engine) -> dict[str, sqlalchemy.Table]:
 
 class Projector:
     def __init__(self, settings: Settings, bootstrap: str, database_url: str, *, batch_events: int = 2000,
-                 codec: EventCodec | None = None, log: Callable[[str], None] = print,
+                 codec: EventCodec | None = None, log: Callable[[str], None] | None = None,
                  progress: Callable[[int], None] | None = None) -> None:
         self.settings, self.bootstrap, self.database_url = settings, bootstrap, database_url
         self.codec = codec or EventCodec()
-        self.batch_events, self.log, self.progress = batch_events, log, progress
+        self.batch_events, self.log, self.progress = batch_events, log or logger.info, progress
         self.model = ReadModel(retain_rows=False)
         self.stats = ProjectorStats()
         self._stop = threading.Event()
@@ -95,7 +98,9 @@ class Projector:
         consumer = Consumer({
             "bootstrap.servers": self.bootstrap, "group.id": f"ledger-projector-{NAME}", "enable.auto.commit": False,
             "enable.partition.eof": True, "auto.offset.reset": "earliest", "fetch.wait.max.ms": 50,
+            "logger": CLIENT_LOG,
         })
+        lag = ConsumerLag("projector", (events_topic, dlq_topic))
         # the ledger from its beginning (the fold needs all of it); dead letters from where they were left
         consumer.assign([TopicPartition(events_topic, p, OFFSET_BEGINNING) for p in event_parts]
                         + [TopicPartition(dlq_topic, p, dlq_from.get(p, OFFSET_BEGINNING)) for p in dlq_parts])
@@ -105,6 +110,7 @@ class Projector:
         try:
             while not self._stop.is_set():
                 messages = consumer.consume(1000, 0.2)
+                lag.observe_batch(messages)
                 for message in messages:
                     error = message.error()
                     if error is not None:
@@ -113,7 +119,7 @@ class Projector:
                             continue
                         if error.fatal():
                             raise KafkaException(error)
-                        self.log(f"consumer: {error.str()}")
+                        logger.warning("consumer: %s", error.str())
                         continue
                     at_end.discard((message.topic(), message.partition()))
                     last_input = time.monotonic()
@@ -126,6 +132,11 @@ class Projector:
                         self._write()
                 if self._unwritten and (not messages or len(at_end) == total):
                     self._write()
+                if not messages:
+                    lag.caught_up()
+                else:
+                    lag.caught_up(topic for topic, parts in ((events_topic, event_parts), (dlq_topic, dlq_parts))
+                                  if all((topic, p) in at_end for p in parts))
                 if not caught_up and len(at_end) == total:
                     caught_up = True
                     self._write(force=True)
@@ -170,6 +181,10 @@ class Projector:
         changes = self.model.take_changes()
         if not force and not self._unwritten:
             return
+        with log_context(batch=self.stats.batches + 1):
+            self._write_batch(changes)
+
+    def _write_batch(self, changes: dict[str, list[dict]]) -> None:
         positions = [{"projector": NAME, "topic": topic, "partition": partition, "next_offset": offset}
                      for (topic, partition), offset in sorted(self._positions.items())]
         with self._engine.begin() as connection:
@@ -181,5 +196,7 @@ class Projector:
             crash_point("projector_before_commit")
         crash_point("projector_after_commit")
         metrics.PROJECTED.inc(len(self._archive))
+        logger.debug("batch written: %d events archived, %d dead letters, rows in %d tables", len(self._archive),
+                     len(self._dead), len(changes))
         self._archive, self._dead, self._unwritten = [], [], 0
         self.stats.batches += 1

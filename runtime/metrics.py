@@ -29,6 +29,17 @@ OPEN_PAYOUTS = Gauge("ledger_open_payouts", "Payouts requested and not yet settl
                      ["status"])
 BREAKER_OPEN = Gauge("ledger_provider_circuit_open", "1 while a provider's circuit breaker is open", ["provider"])
 PROJECTED = Counter("ledger_projector_events_total", "Events written to the read models")
+ALERTS_OPEN = Gauge("ledger_alerts_open", "Open alerts (firing or acknowledged) by rule and severity", ["rule", "severity"])
+# Lag as time, not offsets: Tansu's high watermark is wrong (docs/decisions.md §7). 0 once caught up.
+CONSUMER_LAG = Gauge("ledger_consumer_lag_seconds",
+                     "Age of the record being processed (now - its Kafka timestamp); 0 when caught up",
+                     ["processor", "topic"])
+CONSUMER_LAST_RECORD = Gauge("ledger_consumer_last_record_timestamp_seconds",
+                             "Kafka timestamp of the last record consumed (Unix seconds)", ["processor", "topic"])
+WEBHOOKS_RECEIVED = Counter("ledger_webhooks_received_total",
+                            "Stripe webhook deliveries by outcome (accepted, duplicate, ignored, rejected, error)",
+                            ["outcome"])
+NOTIFICATIONS = Counter("ledger_notifications_total", "Payee notices by channel (email, webhook, none) and outcome (sent, retry, given_up, no_contact)", ["channel", "outcome"])
 
 
 def start_metrics_server(port: int | None, host: str = "127.0.0.1") -> None:

@@ -90,6 +90,38 @@ class Settings(BaseSettings):
     bank_outbox_dir: Path | None = Field(None, description="where pain.001 files are written (default: <data_dir>/bank/outbox)")
     bank_status_dir: Path | None = Field(None, description="where the bank's pain.002 status reports are dropped (default: <data_dir>/bank/status)")
 
+    # Operations: the HTTP API (`ledger api`), alerts, notifications, logs (issue 7).
+    api_tokens: dict[str, str] = Field(default_factory=dict, description='bearer tokens and their roles, JSON: {"<token>": "operator", "<token>": "read-only"}')
+    api_host: str = Field("127.0.0.1", description="where `ledger api` listens")
+    api_port: int = Field(8080, ge=1, le=65535)
+    api_body_bytes_max: int = Field(1_048_576, ge=1024, description="largest request body the API reads")
+    ingest_rate_per_s: float = Field(50.0, gt=0, description="payment ingestion requests per second, per token (burst: ingest_burst)")
+    ingest_burst: int = Field(100, ge=1)
+    ingest_batch_max: int = Field(500, ge=1, le=10_000, description="most payments in one ingestion request")
+    ready_projector_lag_max: int = Field(10_000, ge=0, description="/ready fails while the projector is more events than this behind the ledger")
+    smtp_host: str | None = Field(None, description="SMTP server for alert and payee emails; unset = no email")
+    smtp_port: int = Field(25, ge=1, le=65535)
+    smtp_username: str = ""
+    smtp_password: str = ""
+    smtp_starttls: bool = False
+    smtp_timeout_s: float = Field(10.0, gt=0)
+    email_from: str = Field("payouts@localhost", description="From: of the emails the ledger sends")
+    alert_failure_rate_pct: float = Field(10.0, ge=0, le=100, description="alert when more than this % of payouts finished in the window failed (seed 002)")
+    alert_failure_window_s: int = Field(86400, ge=60, description="window of the failure rate")
+    alert_failure_min_payouts: int = Field(1, ge=1, description="the failure rate is judged only on at least this many finished payouts")
+    alert_pending_max: int = Field(50, ge=0, description="alert when more payouts than this are open (seed 002)")
+    alert_processing_delay_h: float = Field(24.0, gt=0, description="alert when an open payout is older than this (seed 002)")
+    alert_run_total_max: str = Field("10000.00", description="alert when payouts requested in one day exceed this, major units per currency (seed 002)")
+    alert_gateway_latency_s: float = Field(3.0, gt=0, description="alert when providers' p95 answer time exceeds this (seed 004)")
+    alert_webhook_backlog_max: int = Field(50, ge=0, description="alert when more outcomes than this are awaited from providers (seed 004)")
+    alert_webhook_urls: list[str] = Field(default_factory=list, description="alerts are POSTed here, HMAC-signed")
+    alert_webhook_secret: str = Field("", description="HMAC-SHA256 key of alert webhooks (X-Ledger-Signature)")
+    alert_emails: list[str] = Field(default_factory=list, description="alerts are emailed here")
+    alert_interval_s: float = Field(60.0, gt=0, description="how often `ledger alerts watch` evaluates")
+    notify_webhook_secret: str = Field("", description="HMAC-SHA256 key of payee notification webhooks")
+    notify_retry_delays_s: list[int] = Field([10, 60, 300, 1800, 7200], description="waits between delivery attempts of a notification; then it is given up")
+    log_format: str = Field("text", description="text or json (one JSON object per line, with correlation ids)")
+
     embedded_kafka_port: int = Field(19092, ge=1, le=65535)
     embedded_postgres_port: int = Field(15432, ge=1, le=65535)
     embedded_database: str = "ledger"
@@ -98,6 +130,14 @@ class Settings(BaseSettings):
     @classmethod
     def _blank_is_unset(cls, value: object) -> object:
         return None if isinstance(value, str) and not value.strip() else value
+
+    @field_validator("log_format", mode="before")
+    @classmethod
+    def _log_format(cls, value: object) -> object:
+        text = value.strip().lower() if isinstance(value, str) else value
+        if text not in ("text", "json"):
+            raise ValueError(f"LEDGER_LOG_FORMAT must be text or json, got {value!r}")
+        return text
 
     @field_validator("database_url")
     @classmethod

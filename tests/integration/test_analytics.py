@@ -324,12 +324,12 @@ def test_downgrade_drops_the_views_and_grants_but_keeps_the_shared_role(unmigrat
                    EXISTS (SELECT FROM pg_roles WHERE rolname = :r) AS role""", r=ROLE)
         return row
 
-    assert run_migrations(url) == "0004"
+    assert run_migrations(url) == "0006"
     assert state() == {"views": True, "function": True, "usage": True, "role": True}
     command.downgrade(alembic_config(url), "0003")
     assert current_revision(url) == "0003"
     assert state() == {"views": False, "function": False, "usage": False, "role": True}
-    assert run_migrations(url) == "0004"  # the role exists now: creating it again is skipped, not an error
+    assert run_migrations(url) == "0006"  # the role exists now: creating it again is skipped, not an error
     assert state() == {"views": True, "function": True, "usage": True, "role": True}
 
 

@@ -30,10 +30,10 @@ def test_migrations_upgrade_downgrade_and_upgrade_again(unmigrated_db_url):
     from alembic import command
 
     assert current_revision(unmigrated_db_url) is None
-    assert run_migrations(unmigrated_db_url) == "0004"
+    assert run_migrations(unmigrated_db_url) == "0006"
     command.downgrade(alembic_config(unmigrated_db_url), "base")
     assert current_revision(unmigrated_db_url) is None
-    assert run_migrations(unmigrated_db_url) == "0004"
+    assert run_migrations(unmigrated_db_url) == "0006"
 
 
 def test_archive_is_idempotent_on_event_identity(db_url):

@@ -60,7 +60,7 @@ def test_embedded_stack_lifecycle(embedded_env):
     status = run_json(embedded_env, "status")
     assert status["running"] is True
     assert status["broker"]["embedded"] and status["postgres"]["embedded"]
-    assert status["postgres"]["revision"] == "0004"
+    assert status["postgres"]["revision"] == "0006"
     assert {"payments.incoming", "ledger.events", "ledger.dlq"} <= set(topic_partition_counts(first["kafka_bootstrap"]))
 
     again = run(embedded_env, "up")

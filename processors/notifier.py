@@ -1,0 +1,225 @@
+"""The notifier: payouts settled or failed for good in ledger.events -> an outbox of payee notices -> sent.
+
+A plain confluent-kafka loop (like the sequencer, docs/decisions.md §12) in consumer group
+`ledger-notifier`. Each batch's notices are written to `payee_notifications` in one transaction (ON
+CONFLICT (event_id, channel) DO NOTHING) and only then are the Kafka offsets committed, so a crash
+means reading some events again and the unique key makes that harmless: one notice per event and
+channel however often the ledger is read (also after `ledger up` restores a broker that lost its
+offsets). Each notice is made once, with the payee's contact at that moment and the payload frozen
+in the row, so a retry can only repeat it, never say something else. Delivery is
+processors/notification_delivery.py, run between batches against an injectable clock.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+import time
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import Any, Callable, Iterable
+
+import sqlalchemy
+from confluent_kafka import OFFSET_STORED, Consumer, KafkaException, TopicPartition
+from sqlalchemy.dialects.postgresql import JSONB, insert
+
+from ledger.codec import EventCodec, UndecodableEvent
+from ledger.events import Event
+from processors.kafka_io import topic_partitions
+from processors.ledger_replay import CorruptLedger
+from processors.notification_delivery import DeliveryStats, deliver_due
+from runtime import metrics
+from runtime.database import make_engine
+from runtime.settings import Settings
+
+GROUP_ID = "ledger-notifier"
+BATCH_MAX = 500
+DELIVERY_BATCH = 50
+log = logging.getLogger("ledger.notifier")
+
+_OUTBOX = sqlalchemy.table(
+    "payee_notifications", *(sqlalchemy.column(name) for name in (
+        "event_id", "payee_id", "payout_id", "kind", "channel", "target", "status")),
+    sqlalchemy.column("next_attempt_at", sqlalchemy.DateTime(timezone=True)), sqlalchemy.column("payload", JSONB))
+
+
+def utc_now() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+@dataclass
+class NotifierStats:
+    events: int = 0  # read from ledger.events
+    notices: int = 0  # final outcomes among them
+    rows: int = 0  # outbox rows created (0 for a notice made before)
+    no_contact: int = 0
+    batches: int = 0
+    sent: int = 0
+    retried: int = 0
+    given_up: int = 0
+
+
+# --- what an event tells its payee (pure) --------------------------------------------------------
+
+def notice_kind(event: Event) -> str | None:
+    """'settled' or 'failed' for a final outcome; None otherwise (a retryable failure will be retried)."""
+    if event.event_type == "PayoutSettled":
+        return "settled"
+    if event.event_type == "PayoutFailed" and not event.payload["retryable"]:
+        return "failed"
+    return None
+
+
+def notice_payload(event: Event, *, returned: bool = False, provider_reference: str = "") -> dict[str, Any]:
+    """The notice's content (JSON-ready); `returned`: the payout had settled, and then came back."""
+    kind = notice_kind(event)
+    if kind is None:
+        raise ValueError(f"{event.event_type} {event.envelope.event_id} is not a final payout outcome")
+    p, amount = event.payload, event.payload["amount"]
+    failed = kind == "failed"
+    return {
+        "event_id": event.envelope.event_id, "kind": kind, "payout_id": p["payout_id"], "payee_id": event.payee_id,
+        "amount_minor": amount.amount_minor, "currency": amount.currency.code, "amount": amount.to_major_string(),
+        "status": kind, "returned": failed and returned,
+        "reason_code": p["reason_code"] if failed else "", "reason_message": p["provider_message"] if failed else "",
+        "provider": p["provider"], "provider_reference": p.get("provider_reference") or provider_reference,
+        "attempt": p["attempt"], "occurred_at": event.envelope.occurred_at.isoformat(),
+    }
+
+
+def outbox_rows(payload: dict[str, Any], contact: dict[str, Any] | None, now: datetime) -> list[dict[str, Any]]:
+    """One row per channel of the contact; a single no_contact row (channel 'none') when there is none."""
+    base = {"event_id": payload["event_id"], "payee_id": payload["payee_id"], "payout_id": payload["payout_id"],
+            "kind": payload["kind"], "payload": payload}
+    channels = [(channel, contact.get(column)) for channel, column in (("email", "email"), ("webhook", "webhook_url"))
+                if contact and contact.get(column)]
+    if not channels:
+        return [{**base, "channel": "none", "target": "", "status": "no_contact", "next_attempt_at": None}]
+    return [{**base, "channel": channel, "target": target, "status": "pending", "next_attempt_at": now}
+            for channel, target in channels]
+
+
+# --- the loop ------------------------------------------------------------------------------------
+
+class Notifier:
+    def __init__(self, settings: Settings, bootstrap: str, database_url: str, *, clock: Callable[[], datetime] = utc_now,
+                 codec: EventCodec | None = None, group_id: str = GROUP_ID) -> None:
+        self.settings, self.bootstrap, self.group_id = settings, bootstrap, group_id
+        self.clock = clock
+        self.codec = codec or EventCodec()
+        self.stats = NotifierStats()
+        self.engine = make_engine(database_url)
+        self._stop = threading.Event()
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def run(self, idle_exit_s: float | None = None, handle_signals: bool = True) -> NotifierStats:
+        """Record and deliver notices until stop() (SIGTERM/SIGINT), or until idle for idle_exit_s seconds."""
+        if handle_signals:
+            for signum in (signal.SIGTERM, signal.SIGINT):
+                signal.signal(signum, lambda *_: self.stop())
+        if not self.settings.smtp_host:
+            log.warning("LEDGER_SMTP_HOST is not set: email notices will fail and be given up")
+        if not self.settings.notify_webhook_secret:
+            log.warning("LEDGER_NOTIFY_WEBHOOK_SECRET is not set: webhook notices will fail and be given up")
+        topic = self.settings.topic_events
+        consumer = Consumer({
+            "bootstrap.servers": self.bootstrap, "group.id": self.group_id, "enable.auto.commit": False,
+            "enable.auto.offset.store": False, "auto.offset.reset": "earliest", "fetch.wait.max.ms": 50,
+        })
+        # assign(), not subscribe(): it starts at once (subscribe waits ~23 s for a group join on Tansu)
+        consumer.assign([TopicPartition(topic, p, OFFSET_STORED) for p in topic_partitions(self.bootstrap, topic)])
+        last_activity = time.monotonic()
+        try:
+            while not self._stop.is_set():
+                messages = consumer.consume(BATCH_MAX, 0.2)
+                for message in messages:
+                    if message.error() is not None:
+                        if message.error().fatal():
+                            raise KafkaException(message.error())
+                        log.warning("consumer: %s", message.error().str())  # transient: librdkafka retries
+                good = [message for message in messages if message.error() is None]
+                if good:
+                    self._record_batch(consumer, good)
+                    last_activity = time.monotonic()
+                delivered = self.deliver_due()
+                if delivered.sent or delivered.retried or delivered.given_up:
+                    last_activity = time.monotonic()
+                if idle_exit_s is not None and time.monotonic() - last_activity >= idle_exit_s:
+                    break
+        finally:
+            consumer.close()
+            self.engine.dispose()
+        return self.stats
+
+    def deliver_due(self) -> DeliveryStats:
+        delivered = deliver_due(self.engine, self.settings, self.clock, limit=DELIVERY_BATCH)
+        self.stats.sent += delivered.sent
+        self.stats.retried += delivered.retried
+        self.stats.given_up += delivered.given_up
+        return delivered
+
+    def _record_batch(self, consumer: Consumer, messages: list) -> None:
+        events = []
+        for message in messages:
+            try:
+                events.append(self.codec.decode(message.value() or b""))
+            except UndecodableEvent as exc:
+                raise CorruptLedger(f"{message.topic()}[{message.partition()}]@{message.offset()}: {exc.reason}") from None
+        self.record(events)
+        # the outbox rows are committed: only now may the input position move past these events
+        positions: dict[tuple[str, int], int] = {}
+        for message in messages:
+            where = (message.topic(), message.partition())
+            positions[where] = max(positions.get(where, -1), message.offset() + 1)
+        consumer.commit(offsets=[TopicPartition(topic, partition, offset)
+                                 for (topic, partition), offset in positions.items()], asynchronous=False)
+        self.stats.events += len(events)
+        self.stats.batches += 1
+
+    def record(self, events: Iterable[Event]) -> int:
+        """Write the outbox rows of these events' final outcomes in one transaction; returns rows created."""
+        finals = [event for event in events if notice_kind(event) is not None]
+        if not finals:
+            return 0
+        now = self.clock()
+        with self.engine.begin() as connection:
+            contacts = self._contacts(connection, {event.payee_id for event in finals})
+            settled = self._settled_references(connection, {event.payload["payout_id"] for event in finals})
+            rows = []
+            for event in finals:
+                payout_id = event.payload["payout_id"]
+                reference = settled.get(payout_id)
+                payload = notice_payload(event, returned=reference is not None, provider_reference=reference or "")
+                if payload["kind"] == "settled":
+                    settled.setdefault(payout_id, payload["provider_reference"])  # a return later in this batch
+                rows.extend(outbox_rows(payload, contacts.get(event.payee_id), now))
+            created = connection.execute(
+                insert(_OUTBOX).on_conflict_do_nothing(index_elements=["event_id", "channel"])
+                .returning(_OUTBOX.c.channel, _OUTBOX.c.status), rows).all()
+        self.stats.notices += len(finals)
+        self.stats.rows += len(created)
+        for channel, status in created:
+            if status == "no_contact":
+                self.stats.no_contact += 1
+                metrics.NOTIFICATIONS.labels(channel, "no_contact").inc()
+        if created:
+            log.info("%d notices recorded for %d final payout outcomes", len(created), len(finals))
+        return len(created)
+
+    @staticmethod
+    def _contacts(connection: sqlalchemy.Connection, payee_ids: set[str]) -> dict[str, dict]:
+        rows = connection.execute(sqlalchemy.text(
+            "SELECT payee_id, email, webhook_url FROM payee_contacts WHERE payee_id = ANY(:ids)"),
+            {"ids": sorted(payee_ids)}).mappings().all()
+        return {row["payee_id"]: dict(row) for row in rows}
+
+    @staticmethod
+    def _settled_references(connection: sqlalchemy.Connection, payout_ids: set[str]) -> dict[str, str]:
+        """Payouts already notified as settled -> their provider reference (a failure now is a return)."""
+        rows = connection.execute(sqlalchemy.text(
+            "SELECT DISTINCT ON (payout_id) payout_id, payload->>'provider_reference' FROM payee_notifications "
+            "WHERE payout_id = ANY(:ids) AND kind = 'settled' ORDER BY payout_id, id"), {"ids": sorted(payout_ids)}).all()
+        return {payout_id: reference or "" for payout_id, reference in rows}
