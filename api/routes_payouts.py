@@ -34,7 +34,8 @@ def verdict_response(result: ActionResult) -> JSONResponse:
 
 @router.get("/payouts", summary="Payouts, newest request first, filtered")
 def list_payouts(status: list[Status] | None = Query(None, description="repeatable"),
-                 payee_id: str | None = Query(None, max_length=200), method: str | None = Query(None, max_length=100),
+                 payee_id: str | None = Query(None, pattern=ID_PATTERN),
+                 method: str | None = Query(None, pattern=r"^[a-z_]{1,50}$"),
                  currency: str | None = Query(None, pattern=r"^[A-Z]{3}$"),
                  limit: int = Query(50, ge=1, le=500), offset: int = Query(0, ge=0, le=10_000_000),
                  ctx: ApiContext = Depends(context), _: Principal = Depends(reader)) -> dict[str, Any]:

@@ -103,8 +103,9 @@ def outbox_rows(payload: dict[str, Any], contact: dict[str, Any] | None, now: da
 # --- the loop ------------------------------------------------------------------------------------
 
 class Notifier:
-    def __init__(self, settings: Settings, bootstrap: str, database_url: str, *, clock: Callable[[], datetime] = utc_now,
-                 codec: EventCodec | None = None, group_id: str = GROUP_ID) -> None:
+    def __init__(self, settings: Settings, bootstrap: str, database_url: str, *,
+                 clock: Callable[[], datetime] = utc_now, codec: EventCodec | None = None,
+                 group_id: str = GROUP_ID) -> None:
         self.settings, self.bootstrap, self.group_id = settings, bootstrap, group_id
         self.clock = clock
         self.codec = codec or EventCodec()
@@ -167,7 +168,8 @@ class Notifier:
             try:
                 events.append(self.codec.decode(message.value() or b""))
             except UndecodableEvent as exc:
-                raise CorruptLedger(f"{message.topic()}[{message.partition()}]@{message.offset()}: {exc.reason}") from None
+                where = f"{message.topic()}[{message.partition()}]@{message.offset()}"
+                raise CorruptLedger(f"{where}: {exc.reason}") from None
         self.record(events)
         # the outbox rows are committed: only now may the input position move past these events
         positions: dict[tuple[str, int], int] = {}
@@ -221,5 +223,6 @@ class Notifier:
         """Payouts already notified as settled -> their provider reference (a failure now is a return)."""
         rows = connection.execute(sqlalchemy.text(
             "SELECT DISTINCT ON (payout_id) payout_id, payload->>'provider_reference' FROM payee_notifications "
-            "WHERE payout_id = ANY(:ids) AND kind = 'settled' ORDER BY payout_id, id"), {"ids": sorted(payout_ids)}).all()
+            "WHERE payout_id = ANY(:ids) AND kind = 'settled' ORDER BY payout_id, id"),
+            {"ids": sorted(payout_ids)}).all()
         return {payout_id: reference or "" for payout_id, reference in rows}
