@@ -248,7 +248,7 @@ def _acting(request: Request, ctx: ApiContext, csrf: str, what: str) -> tuple[st
     if session is None:
         return _to_login()
     token, who = session
-    if False:
+    if not _same(csrf, csrf_token(token)):
         return _forbidden(request, "csrf: missing or wrong; use the buttons of the page itself.")
     if not who.may(Role.OPERATOR):
         return _page(request, ctx, token, who, {"kind": "error", "text": (

@@ -382,3 +382,5 @@ def test_the_alerts_command_evaluates_lists_acknowledges_resolves_and_watches(se
         assert "alerts watch stopped after" in stderr
         wait_until(lambda: len(receiver.posts) == 3, 30, "the resolution delivered")
         assert [p["body"]["transition"] for p in receiver.posts] == ["fired", "fired", "resolved"]
+        quiet = ledger({**env, "COLUMNS": "200"}, "evaluate")
+        assert quiet.returncode == 0 and "status: healthy" in quiet.stdout and "0 payouts open" in quiet.stdout

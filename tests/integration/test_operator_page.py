@@ -42,9 +42,8 @@ HOSTILE_SUMMARY = "failure rate 50% <script>document.title='pwned'</script>"
 
 
 def with_tokens(settings: Settings) -> Settings:
-    return settings.model_copy(update={"api_tokens": {
-        OPERATOR_TOKEN: "operator:olga", READ_ONLY_TOKEN: "read-only:rita",
-                                                      INGEST_TOKEN: "ingest:shop"}})
+    tokens = {OPERATOR_TOKEN: "operator:olga", READ_ONLY_TOKEN: "read-only:rita", INGEST_TOKEN: "ingest:shop"}
+    return settings.model_copy(update={"api_tokens": tokens})
 
 
 def chromium() -> str:
@@ -116,7 +115,7 @@ def sign_in(page, base: str, token: str):  # noqa: ANN001, ANN201 - playwright P
     return navigation.value
 
 
-def test_operator_signs_in_sees_health_and_retries_a_failed_payout_in_chromium(settings):
+def test_operator_signs_in_sees_health_and_retries_a_failed_payout_in_chromium(settings, capsys):
     from playwright.sync_api import sync_playwright
 
     executable = chromium()
@@ -213,7 +212,8 @@ def test_operator_signs_in_sees_health_and_retries_a_failed_payout_in_chromium(s
     engine.dispose()
     data = SCREENSHOT.read_bytes()
     assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 10_000, len(data)
-    print(f"\noperator page screenshot: {SCREENSHOT} ({len(data)} bytes)")
+    with capsys.disabled():  # shown in CI output even when the test passes
+        print(f"\noperator page screenshot: {SCREENSHOT} ({len(data)} bytes)")
 
 
 def login_nonce(form: httpx.Response) -> str:
@@ -224,6 +224,7 @@ def test_posts_without_a_valid_csrf_field_are_refused(settings):
     settings = with_tokens(settings)
     with serving(settings) as base, httpx.Client(base_url=base) as client:
         assert client.get("/ui").headers["location"] == "/ui/login"
+        assert set(client.get("/ready").json()["checks"]) == {"broker", "database", "projector"}  # unchanged
         nonce = login_nonce(client.get("/ui/login"))
         assert client.cookies.get("ledger_login_csrf") == nonce
         forged = client.post("/ui/login", data={"token": OPERATOR_TOKEN, "csrf": "forged"})
