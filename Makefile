@@ -20,6 +20,7 @@ demo: $(STAMP)
 	$(BIN)/ledger smoke
 
 test: $(STAMP)
+	bash .ci/ensure-chromium
 	$(BIN)/pytest
 
 down: $(STAMP)
