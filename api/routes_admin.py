@@ -92,13 +92,14 @@ def list_alerts(status: str | None = Query(None, pattern="^(open|firing|acknowle
 
 
 def _alert_action(action: str, alert_id: int, actor: str, ctx: ApiContext) -> dict[str, Any]:
+    from ledger.alerts import AlertNotFound, AlertTransitionRefused
     from projections import alert_store
 
     try:
         return getattr(alert_store, f"{action}_alert")(ctx.database_url, alert_id, actor)
-    except alert_store.AlertNotFound:
+    except AlertNotFound:
         raise HTTPException(404, f"alert {alert_id} does not exist") from None
-    except alert_store.AlertTransitionRefused as exc:
+    except AlertTransitionRefused as exc:
         raise HTTPException(409, str(exc)) from None
 
 

@@ -13,6 +13,7 @@ from fastapi.testclient import TestClient
 
 from api.app import make_api
 from ledger.earnings import close_id
+from processors.alerter import evaluate_alerts
 from projections.projector import Projector
 from tests.integration.sequencing_helpers import ledger_events
 from tests.integration.transfer_helpers import (TWO_DAYS_AGO, book_of, processor_running, request_payouts, running,
@@ -243,6 +244,21 @@ def test_manual_payouts_confirm_fail_retry_and_pay_now(settings):
 
         nothing = client.post("/v1/payees/h-now/payouts", json={"currency": "USD"}, headers=OP)
         assert nothing.status_code == 409 and "nothing to pay out" in nothing.json()["error"]
+
+        # one of two finished payouts failed: 50 % > 10 %, the failure-rate alert fires (critical: > 2 x 10 %)
+        evaluate_alerts(settings, settings.database_url, datetime.now(timezone.utc))
+        alerts = [a for a in client.get("/v1/alerts?status=open", headers=RO).json()["alerts"]
+                  if a["rule"] == "failure_rate"]  # processing_delay fires too: these payouts are 2 days old
+        assert [(a["severity"], a["status"]) for a in alerts] == [("critical", "firing")]
+        health = client.get("/v1/monitoring", headers=RO).json()["health"]
+        assert health["status"] == "critical" and alerts[0]["id"] in [a["id"] for a in health["open_alerts"]]
+        assert client.post(f"/v1/alerts/{alerts[0]['id']}/acknowledge", json={}, headers=RO).status_code == 403
+        acked = client.post(f"/v1/alerts/{alerts[0]['id']}/acknowledge", json={}, headers=OP).json()
+        assert (acked["status"], acked["acknowledged_by"]) == ("acknowledged", "olga")
+        assert client.post(f"/v1/alerts/{alerts[0]['id']}/acknowledge", json={}, headers=OP).status_code == 409
+        resolved = client.post(f"/v1/alerts/{alerts[0]['id']}/resolve", json={"actor": "night shift"}, headers=OP)
+        assert (resolved.json()["status"], resolved.json()["resolved_by"]) == ("resolved", "night shift")
+        assert client.post("/v1/alerts/999999/resolve", json={}, headers=OP).status_code == 404
     book = book_of(settings)
     assert book.get(retried["payout_id"]).amount == book.get(requested["h-failed"]).amount
     assert book.get(requested["h-paid"]).status.value == "settled"
