@@ -12,6 +12,8 @@ from typing import Any, Awaitable, Callable
 
 from prometheus_client import Counter, Histogram
 
+from runtime.logs import bind, unbind
+
 CORRELATION_HEADER = "x-correlation-id"
 _VALID_CORRELATION = re.compile(r"[A-Za-z0-9._:-]{1,100}")
 correlation_id: ContextVar[str] = ContextVar("correlation_id", default="")
@@ -51,6 +53,7 @@ class RequestGuard:
         given = headers.get(CORRELATION_HEADER.encode(), b"").decode("latin-1")
         corr = given if _VALID_CORRELATION.fullmatch(given) else f"corr_{uuid.uuid4().hex[:20]}"
         token = correlation_id.set(corr)
+        bound = bind(correlation_id=corr)  # every log line of this request carries it (runtime/logs.py)
         echo = [(CORRELATION_HEADER.encode(), corr.encode())]
         started, status, response_started = time.monotonic(), 500, False
 
@@ -92,4 +95,5 @@ class RequestGuard:
             LATENCY.labels(scope.get("method", ""), route).observe(elapsed)
             log.info("%s %s -> %s", scope.get("method"), scope.get("path"), status,
                      extra={"correlation_id": corr, "status": status, "duration_ms": int(elapsed * 1000)})
+            unbind(bound)
             correlation_id.reset(token)

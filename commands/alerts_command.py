@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import logging
+
 import getpass
 from datetime import datetime, timezone
 
 import click
 from rich.table import Table
 
-from commands.output import console, emit_json, errors, fail, metrics_port_option
+from commands.output import start_logging, console, emit_json, errors, fail, metrics_port_option
 from ledger.alerts import AlertNotFound, AlertTransitionRefused
 from processors.alert_measurements import InvalidAlertSetting
 from processors.alerter import AlertWatcher, deliver_pending, evaluate_alerts
@@ -74,9 +76,10 @@ def evaluate(as_json: bool) -> None:
 def watch(every_s: float | None, metrics_port: int | None) -> None:
     """The alerting loop: several may run (evaluations are serialised in PostgreSQL, each delivery is sent by one)."""
     settings, database_url = _database()
+    start_logging(settings, "alerts")
     start_metrics_server(metrics_port)
-    watcher = AlertWatcher(settings, database_url, interval_s=every_s,
-                           log=lambda line: errors.print(f"alerts: {line}", highlight=False))
+    log = logging.getLogger("ledger.alerts")
+    watcher = AlertWatcher(settings, database_url, interval_s=every_s, log=log.info)
     try:
         evaluations = watcher.run()
     except InvalidAlertSetting as exc:

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import logging
 from dataclasses import asdict
 
 import click
 import sqlalchemy
 from rich.table import Table
 
-from commands.output import console, emit_json, fail, metrics_port_option
+from commands.output import start_logging, console, emit_json, fail, metrics_port_option
 from commands.payee_commands import payee
 from processors.notifier import Notifier
 from projections.payee_contacts import InvalidContact, delete_contact, get_contact, set_contact
@@ -33,9 +32,9 @@ def notifier(idle_exit: float | None, as_json: bool, metrics_port: int | None) -
     Email goes through LEDGER_SMTP_HOST; webhooks are signed with LEDGER_NOTIFY_WEBHOOK_SECRET. Failed
     deliveries are retried after LEDGER_NOTIFY_RETRY_DELAYS_S, then given up. Only one runs per ledger.
     """
-    logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s")  # a no-op when logging is set up
-    start_metrics_server(metrics_port)
     settings = Settings()
+    start_logging(settings, "notifier", as_json)
+    start_metrics_server(metrics_port)
     bootstrap, database_url = connections(settings)
     with single_instance(database_url, f"notifier:{settings.topic_events}"):
         stats = Notifier(settings, bootstrap, database_url).run(idle_exit_s=idle_exit)
