@@ -227,6 +227,10 @@ class Sequencer:
         self._producer.poll(0)
         self.stats.appended += 1
         metrics.EVENTS_APPENDED.labels(sequenced.event_type).inc()
+        if sequenced.event_type == "PayoutRequested":
+            net = sequenced.payload["net"]
+            metrics.PAYOUTS_REQUESTED.labels(sequenced.payload["payout_method"], net.currency.code).inc()
+            metrics.PAYOUT_AMOUNT.labels(net.currency.code, "requested").inc(net.amount_minor)
         logger.debug("chained %s as %s #%d", sequenced.event_type, sequenced.payee_id, sequenced.envelope.sequence)
         return 1
 

@@ -15,6 +15,8 @@ DUPLICATES = Counter("ledger_duplicates_total", "Inputs dropped as already recor
 DEAD_LETTERS = Counter("ledger_dead_letters_total", "Inputs refused to the dead-letter topic", ["stage"])
 PAYOUT_ATTEMPTS = Counter("ledger_payout_attempts_total", "Payout attempts recorded before a provider call",
                           ["provider"])
+PAYOUTS_REQUESTED = Counter("ledger_payouts_requested_total", "Payouts requested (chained by the sequencer)",
+                            ["method", "currency"])
 PAYOUTS_SETTLED = Counter("ledger_payouts_settled_total", "Payouts settled", ["provider", "currency"])
 PAYOUTS_FAILED = Counter("ledger_payouts_failed_total", "Payouts failed for good (their money returns)",
                          ["provider", "reason"])

@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import signal
 import subprocess
+from datetime import datetime, timedelta, timezone
 
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
 from processors.ledger_client import LedgerClient
+from processors.operations import Operations
 from runtime.processes import free_port
 from tests.integration.cli_env import LEDGER, env_for
-from tests.integration.sequencing_helpers import send_raw
+from tests.integration.sequencing_helpers import ledger_events, send_raw
 from tests.integration.transfer_helpers import TWO_DAYS_AGO, request_payouts, sequencer_running, wait_until
 from tests.stripe_server import StripeTestServer
 
@@ -44,17 +46,24 @@ def test_the_sequencer_counts_appends_duplicates_and_dead_letters(settings, tmp_
     worker = running(["sequencer", "--metrics-port", str(port)], env_for(settings, tmp_path))
     try:
         with LedgerClient(settings.kafka_bootstrap, settings) as client:
-            payment = {"payment_id": "m-1", "payee_id": "m", "amount_minor": 100, "currency": "USD",
+            payment = {"payment_id": "m-1", "payee_id": "m", "amount_minor": 10_000, "currency": "USD",
                        "occurred_at": TWO_DAYS_AGO.isoformat()}
             client.record_batch([payment, {**payment, "payment_id": "m-2"}, payment])  # the third is a duplicate
         send_raw(settings, [b"not json"])
-        wait_until(lambda: value(scrape(port), "ledger_dead_letters_total", stage="decode") == 1, 30,
-                   "the dead letter counted")
+        wait_until(lambda: len(ledger_events(settings)) == 2, 30, "the payments in the ledger")
+        run = Operations(settings, settings.kafka_bootstrap, settings.database_url).run(
+            datetime.now(timezone.utc) + timedelta(days=8))
+        net = run.totals_minor().get("USD", 0)
+        wait_until(lambda: value(scrape(port), "ledger_dead_letters_total", stage="decode") == 1
+                   and value(scrape(port), "ledger_payouts_requested_total", method="manual", currency="USD") == 1,
+                   30, "the dead letter and the payout request counted")
         samples = scrape(port)
     finally:
         stop(worker)
     assert value(samples, "ledger_events_appended_total", event_type="PaymentCompleted") == 2
     assert value(samples, "ledger_duplicates_total", topic=settings.topic_incoming) == 1
+    assert net == 16_000 and value(samples, "ledger_payout_amount_minor_total", currency="USD",
+                                   outcome="requested") == net
 
 
 def test_the_transfer_processor_counts_outcomes_amounts_and_provider_latency(settings, tmp_path):
