@@ -20,7 +20,7 @@ from ledger.currencies import UnknownCurrency, currency
 from ledger.earnings import ManualPayoutRefused, PayeeEarnings, close_id
 from ledger.events import Event
 from ledger.payouts import Payout, PayoutBook, PayoutStatus
-from processors.payout_run import ledger_for_decisions, send_commands
+from processors.payout_run import ledger_for_decisions, requested_totals, send_commands
 from processors.payout_state import await_verdict, load_book
 from projections.payout_controls import read_pause
 from runtime.plans import plan_book
@@ -105,11 +105,7 @@ class RunResult:
         return [event for event in self.closes if event.event_type == "PayoutRequested"]
 
     def totals_minor(self) -> dict[str, int]:
-        totals: dict[str, int] = {}
-        for event in self.payouts:
-            net = event.payload["net"]
-            totals[net.currency.code] = totals.get(net.currency.code, 0) + net.amount_minor
-        return totals
+        return requested_totals(self.payouts)
 
     def as_dict(self) -> dict[str, Any]:
         totals = self.totals_minor()

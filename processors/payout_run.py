@@ -72,12 +72,16 @@ class RunPlan:
         return [event for event in self.closes if event.event_type == "PayoutRequested"]
 
     def totals(self) -> dict[str, int]:
-        """Sum of payouts requested, per currency, in minor units."""
-        totals: dict[str, int] = {}
-        for event in self.payouts:
-            net = event.payload["net"]
-            totals[net.currency.code] = totals.get(net.currency.code, 0) + net.amount_minor
-        return totals
+        return requested_totals(self.payouts)
+
+
+def requested_totals(payouts: Iterable[Event]) -> dict[str, int]:
+    """Sum of the payouts requested, per currency, in minor units."""
+    totals: dict[str, int] = {}
+    for event in payouts:
+        net = event.payload["net"]
+        totals[net.currency.code] = totals.get(net.currency.code, 0) + net.amount_minor
+    return totals
 
 
 def plan_run(payees: Iterable[PayeeEarnings], at: datetime, book: PlanBook, policy: PayoutPolicy) -> RunPlan:

@@ -37,7 +37,8 @@ from tests.integration.transfer_helpers import TWO_DAYS_AGO, sequencer_running, 
 
 ROLE = "ledger_analyst"
 GRANTED_TABLES = {"payees", "payee_balances", "earnings", "payout_periods", "payouts", "payout_attempts",
-                  "dead_letters", "daily_totals", "projection_heads", "projection_positions"}
+                  "dead_letters", "daily_totals", "projection_heads", "projection_positions",
+                  "alerts"}  # migration 0005: alerts, not their deliveries (operators' addresses)
 VIEWS = {"v_earnings_by_payee_month", "v_payout_failure_rate", "v_pending_payouts_by_age",
          "v_fees_and_commission_by_period", "v_daily_totals"}
 TERMINAL = ("settled", "failed", "cancelled")
