@@ -7,6 +7,7 @@ LEDGER_READY_PROJECTOR_LAG_MAX events behind the ledger (counted exactly: proces
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import sqlalchemy
@@ -20,6 +21,7 @@ from projections import queries
 router = APIRouter(tags=["health"])
 
 
+@functools.cache  # the migration scripts ship with the code: read them once, not per probe
 def _head_revision() -> str:
     from alembic.script import ScriptDirectory
 
