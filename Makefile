@@ -14,10 +14,10 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
-# Starts the embedded stack (broker + PostgreSQL, left running) and runs the main job on it.
+# Starts (or reuses) the embedded stack (broker + PostgreSQL, left running) and runs the main job on it:
+# every processor, sandbox providers, a week of simulated cutoffs, then `ledger verify` (see README).
 demo: $(STAMP)
-	$(BIN)/ledger up
-	$(BIN)/ledger smoke
+	$(BIN)/ledger demo
 
 test: $(STAMP)
 	bash .ci/ensure-chromium

@@ -5,10 +5,9 @@ from __future__ import annotations
 from datetime import datetime, timezone
 
 import click
-from confluent_kafka.admin import AdminClient
 
 from commands.output import console, emit_json, fail, metrics_port_option, start_logging
-from processors.kafka_io import DeliveryTracker, flush_or_raise, make_producer
+from processors.clock import send_tick
 from runtime.metrics import start_metrics_server
 from runtime.settings import Settings
 from runtime.stack import connections
@@ -37,13 +36,8 @@ def tick(at_text: str | None, as_json: bool) -> None:
     at = datetime.now(timezone.utc) if at_text is None else datetime.fromisoformat(at_text)
     if at.tzinfo is None:
         fail(f"--at: {at_text!r} has no UTC offset; add one, e.g. +00:00 or Z")
-    metadata = AdminClient({"bootstrap.servers": bootstrap}).list_topics(settings.topic_clock, timeout=10)
-    partitions = sorted(metadata.topics[settings.topic_clock].partitions)
-    producer, tracker = make_producer(bootstrap), DeliveryTracker()
-    for partition in partitions:
-        producer.produce(settings.topic_clock, partition=partition, value=at.isoformat().encode(), on_delivery=tracker)
-    flush_or_raise(producer, tracker, len(partitions))
+    partitions = send_tick(bootstrap, settings.topic_clock, at)
     if as_json:
-        emit_json({"at": at.isoformat(), "partitions": len(partitions)})
+        emit_json({"at": at.isoformat(), "partitions": partitions})
     else:
-        console.print(f"tick {at.isoformat()} sent to {len(partitions)} partitions of {settings.topic_clock}")
+        console.print(f"tick {at.isoformat()} sent to {partitions} partitions of {settings.topic_clock}")

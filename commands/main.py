@@ -81,6 +81,9 @@ def _register() -> None:
     cli.add_command(stack_commands.status)
     cli.add_command(schemas_command.schemas)
     cli.add_command(smoke.smoke)
+    from commands import demo_command
+
+    cli.add_command(demo_command.demo)
     cli.add_command(sequencer_command.sequencer)
     cli.add_command(dlq.dlq)
     cli.add_command(publish.publish)

@@ -30,7 +30,7 @@ from tests.integration.cli_env import LEDGER, env_for
 from tests.integration.test_metrics import scrape, value
 from tests.integration.test_projector import project
 from tests.integration.transfer_helpers import all_final, processor_running, request_payouts, sequencer_running, wait_until
-from tests.stripe_server import StripeTestServer
+from sandbox.stripe import StripeTestServer
 
 SECRET = "alert-hmac-secret"
 OPS = "ops@example.test"

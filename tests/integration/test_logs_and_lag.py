@@ -23,7 +23,7 @@ from runtime.processes import free_port
 from tests.integration.cli_env import LEDGER, env_for
 from tests.integration.test_metrics import scrape, value
 from tests.integration.transfer_helpers import TWO_DAYS_AGO, request_payouts, sequencer_running, wait_until
-from tests.stripe_server import StripeTestServer
+from sandbox.stripe import StripeTestServer
 
 HOUR_AGO_MS = int(time.time() * 1000) - 3_600_000
 

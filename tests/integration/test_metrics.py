@@ -15,7 +15,7 @@ from runtime.processes import free_port
 from tests.integration.cli_env import LEDGER, env_for
 from tests.integration.sequencing_helpers import ledger_events, send_raw
 from tests.integration.transfer_helpers import TWO_DAYS_AGO, request_payouts, sequencer_running, wait_until
-from tests.stripe_server import StripeTestServer
+from sandbox.stripe import StripeTestServer
 
 
 def scrape(port: int) -> dict[tuple[str, tuple], float]:

@@ -14,7 +14,7 @@ import pytest
 from connectors.base import Outcome, TransferRequest, TransferResult
 from connectors.mobile_money import CASHIN_PATH, TOKEN_PATH, MobileMoneyConnector
 from ledger.money import Money
-from tests.mobile_money_server import MobileMoneyTestServer
+from sandbox.mobile_money import MobileMoneyTestServer
 
 MSISDN = "2250701020304"
 

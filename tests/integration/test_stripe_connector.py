@@ -7,7 +7,7 @@ import pytest
 from connectors.base import Outcome, TransferRequest
 from connectors.stripe_connector import StripeConnector
 from ledger.money import Money
-from tests.stripe_server import StripeTestServer
+from sandbox.stripe import StripeTestServer
 
 
 @pytest.fixture

@@ -1,4 +1,4 @@
-"""The Stripe test double (tests/stripe_server) driven by the REAL stripe SDK over HTTP."""
+"""The Stripe test double (sandbox/stripe.py) driven by the REAL stripe SDK over HTTP."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from typing import Iterator
 import pytest
 import stripe
 
-from tests.stripe_server import StripeTestServer
+from sandbox.stripe import StripeTestServer
 
 
 @pytest.fixture

@@ -20,7 +20,7 @@ import pytest
 from tests.integration.cli_env import LEDGER, env_for
 from tests.integration.sequencing_helpers import dead_letters, ledger_events
 from tests.integration.transfer_helpers import book_of, outcome_counts, request_payouts, sequencer_running
-from tests.stripe_server import StripeTestServer
+from sandbox.stripe import StripeTestServer
 
 PAYOUTS = 210
 MAX_KILLS = 40  # then one processor finishes what the kills left open (the kills land while payouts flow)

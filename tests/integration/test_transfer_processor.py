@@ -10,7 +10,7 @@ from processors.payout_run import fold_ledger
 from tests.integration.sequencing_helpers import dead_letters
 from tests.integration.transfer_helpers import (all_final, book_of, outcome_counts, request_payouts,
                                                 sequencer_running, wait_until, processor_running, types_of)
-from tests.stripe_server import StripeTestServer
+from sandbox.stripe import StripeTestServer
 
 
 @pytest.fixture

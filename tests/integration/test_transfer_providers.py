@@ -24,8 +24,8 @@ from runtime.kafka_admin import ensure_topics
 from tests.integration.sequencing_helpers import ledger_events
 from tests.integration.transfer_helpers import (all_final, book_of, outcome_counts, request_payouts,
                                                 sequencer_running, wait_until, processor_running, types_of)
-from tests.mobile_money_server import MobileMoneyTestServer
-from tests.stripe_server import StripeTestServer
+from sandbox.mobile_money import MobileMoneyTestServer
+from sandbox.stripe import StripeTestServer
 
 CASHIN_PATH = "/omcoreapis/1.0.2/cashin"
 OBSERVE_S = 3.0  # how long "nothing happens" is watched for (a bounded observation, not a wait for work)

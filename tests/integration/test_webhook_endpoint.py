@@ -21,7 +21,7 @@ from ledger.events import Event
 from ledger.money import Money
 from processors.webhook_app import BODY_BYTES_MAX, make_app
 from runtime.processes import free_port
-from tests.stripe_server import StripeTestServer
+from sandbox.stripe import StripeTestServer
 
 SECRET = "whsec_endpoint_test"
 NOW = 1_767_225_600  # the app's clock: deliveries are signed relative to it

@@ -14,7 +14,7 @@ from runtime.processes import free_port
 from tests.integration.cli_env import LEDGER, env_for
 from tests.integration.sequencing_helpers import ledger_events
 from tests.integration.transfer_helpers import book_of, processor_running, request_payouts, sequencer_running, wait_until
-from tests.stripe_server import StripeTestServer
+from sandbox.stripe import StripeTestServer
 
 SECRET = "whsec_ledger_e2e"
 

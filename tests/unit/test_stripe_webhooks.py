@@ -19,7 +19,7 @@ from connectors.stripe_webhooks import (
 from ledger.codec import EventCodec
 from ledger.ledger_index import LedgerIndex
 from ledger.money import Money
-from tests.stripe_server import StripeTestServer
+from sandbox.stripe import StripeTestServer
 
 SECRET = "whsec_test_ledger"
 NOW = 1_767_225_600  # 2026-01-01T00:00:00Z

@@ -68,7 +68,7 @@ import urllib.parse
 import urllib.request
 from typing import Any, Dict, List, Optional, Tuple
 
-from ..threaded_http_server import Answer, Fault, ThreadedTestHandler, ThreadedTestServer
+from sandbox.http_server import Answer, Fault, ThreadedTestHandler, ThreadedTestServer
 
 FAULT_KINDS = (
     "rate_limit",

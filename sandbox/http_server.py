@@ -71,6 +71,8 @@ class ThreadedTestHandler(BaseHTTPRequestHandler):
             status, body = server.handle_control(method, split.path, raw)
             self._send(status, body, {})
             return
+        if server.latency_s > 0:
+            time.sleep(server.latency_s)
         status, body, headers, action = self._answer(method, split, raw)
         if action == "drop":
             server._log_request(self._log_entry(method, split.path, 0))
@@ -111,8 +113,9 @@ class ThreadedTestServer:
     thread_name = "threaded-test-server"
     fault_kinds: Tuple[str, ...] = ()
 
-    def __init__(self, port: int = 0, host: str = "127.0.0.1"):
+    def __init__(self, port: int = 0, host: str = "127.0.0.1", latency_s: float = 0.0):
         self._host, self._port = host, port
+        self.latency_s = float(latency_s)  # added to every provider request (not /_test/): a provider's answer time
         self._lock = threading.RLock()
         self._idle = threading.Condition(self._lock)
         self._in_flight = 0

@@ -49,7 +49,7 @@ import urllib.parse
 from decimal import Decimal
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
-from ..threaded_http_server import Answer, Fault, ThreadedTestHandler, ThreadedTestServer
+from sandbox.http_server import Answer, Fault, ThreadedTestHandler, ThreadedTestServer
 
 FAULT_KINDS = ("rate_limit", "server_error", "unauthorized", "slow", "drop", "accepted_then_500",
                "accepted_then_drop")
