@@ -26,7 +26,9 @@ STATUSES = ("pending", "sent", "given_up", "no_contact")
               help="Exit after this many seconds with nothing to do (default: run until SIGTERM/Ctrl-C).")
 @click.option("--json", "as_json", is_flag=True, help="Print the final counts as JSON.")
 @metrics_port_option
-def notifier(idle_exit: float | None, as_json: bool, metrics_port: int | None) -> None:
+@click.option("--standby", is_flag=True,
+              help="If another one runs, wait as a hot standby and take over when it stops (instead of exiting).")
+def notifier(idle_exit: float | None, as_json: bool, metrics_port: int | None, standby: bool) -> None:
     """Turn every payout settled or failed for good into notices to its payee (see docs/notifications.md).
 
     Email goes through LEDGER_SMTP_HOST; webhooks are signed with LEDGER_NOTIFY_WEBHOOK_SECRET. Failed
@@ -36,7 +38,7 @@ def notifier(idle_exit: float | None, as_json: bool, metrics_port: int | None) -
     start_logging(settings, "notifier", as_json)
     start_metrics_server(metrics_port)
     bootstrap, database_url = connections(settings)
-    with single_instance(database_url, f"notifier:{settings.topic_events}"):
+    with single_instance(database_url, f"notifier:{settings.topic_events}", standby=standby):
         stats = Notifier(settings, bootstrap, database_url).run(idle_exit_s=idle_exit)
     if as_json:
         emit_json(asdict(stats))

@@ -23,9 +23,9 @@ def fail(message: str, code: int = 1) -> NoReturn:
 
 
 def metrics_port_option(function):  # noqa: ANN001, ANN201 - a click decorator
-    """`--metrics-port`: serve this process's Prometheus metrics on 127.0.0.1:PORT/metrics."""
+    """`--metrics-port`: serve this process's Prometheus metrics on PORT/metrics (LEDGER_METRICS_HOST)."""
     return click.option("--metrics-port", type=click.IntRange(1, 65535), default=None,
-                        help="Serve Prometheus metrics on 127.0.0.1:PORT/metrics.")(function)
+                        help="Serve Prometheus metrics on PORT/metrics (address: LEDGER_METRICS_HOST, default 127.0.0.1).")(function)
 
 
 def start_logging(settings, process: str, as_json: bool = False) -> None:  # noqa: ANN001 - Settings

@@ -24,7 +24,9 @@ from runtime.stack import connections
               help="Exit once caught up and idle this many seconds (default: run until SIGTERM/Ctrl-C).")
 @click.option("--json", "as_json", is_flag=True)
 @metrics_port_option
-def projector(idle_exit: float | None, as_json: bool, metrics_port: int | None) -> None:
+@click.option("--standby", is_flag=True,
+              help="If another one runs, wait as a hot standby and take over when it stops (instead of exiting).")
+def projector(idle_exit: float | None, as_json: bool, metrics_port: int | None, standby: bool) -> None:
     """Keep payees, balances, earnings, periods, payouts, attempts, dead letters and daily totals current.
 
     Rows, the event archive, each payee's last applied event and the consumer positions are written in
@@ -34,7 +36,7 @@ def projector(idle_exit: float | None, as_json: bool, metrics_port: int | None) 
     start_logging(settings, "projector", as_json)
     start_metrics_server(metrics_port)
     bootstrap, database_url = connections(settings)
-    with single_instance(database_url, f"projector:{settings.topic_events}"):
+    with single_instance(database_url, f"projector:{settings.topic_events}", standby=standby):
         worker = Projector(settings, bootstrap, database_url)
         stats = worker.run(idle_exit_s=idle_exit)
     if as_json:

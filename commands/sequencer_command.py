@@ -19,7 +19,9 @@ from runtime.stack import connections
               help="Exit after this many seconds without input (default: run until SIGTERM/Ctrl-C).")
 @click.option("--json", "as_json", is_flag=True, help="Print the final counts as JSON.")
 @metrics_port_option
-def sequencer(idle_exit: float | None, as_json: bool, metrics_port: int | None) -> None:
+@click.option("--standby", is_flag=True,
+              help="If another one runs, wait as a hot standby and take over when it stops (instead of exiting).")
+def sequencer(idle_exit: float | None, as_json: bool, metrics_port: int | None, standby: bool) -> None:
     """Validate, deduplicate and sequence incoming records into ledger.events; refuse the rest to ledger.dlq.
 
     Rebuilds its state from ledger.events at start. Only one sequencer may run per ledger.
@@ -28,7 +30,7 @@ def sequencer(idle_exit: float | None, as_json: bool, metrics_port: int | None) 
     start_logging(settings, "sequencer", as_json)
     start_metrics_server(metrics_port)
     bootstrap, database_url = connections(settings)
-    with single_instance(database_url, f"sequencer:{settings.topic_events}"):
+    with single_instance(database_url, f"sequencer:{settings.topic_events}", standby=standby):
         worker = Sequencer(settings, bootstrap)
         worker.rebuild()
         logger.info("reading %s -> %s (rejects -> %s)", settings.topic_incoming, settings.topic_events,

@@ -20,7 +20,9 @@ from runtime.stack import connections
               help="Exit after this many seconds with nothing to do (default: run until SIGTERM/Ctrl-C).")
 @click.option("--json", "as_json", is_flag=True, help="Print the final counts as JSON.")
 @metrics_port_option
-def transfers(idle_exit: float | None, as_json: bool, metrics_port: int | None) -> None:
+@click.option("--standby", is_flag=True,
+              help="If another one runs, wait as a hot standby and take over when it stops (instead of exiting).")
+def transfers(idle_exit: float | None, as_json: bool, metrics_port: int | None, standby: bool) -> None:
     """Pay every requested payout once through its provider and record the outcome in the ledger.
 
     Providers: Stripe (LEDGER_STRIPE_API_KEY), bank transfer files (LEDGER_BANK_DEBTOR_IBAN), mobile
@@ -32,7 +34,7 @@ def transfers(idle_exit: float | None, as_json: bool, metrics_port: int | None) 
     start_metrics_server(metrics_port)
     bootstrap, database_url = connections(settings)
     connectors = build_connectors(settings)
-    with single_instance(database_url, f"transfers:{settings.topic_events}"):
+    with single_instance(database_url, f"transfers:{settings.topic_events}", standby=standby):
         worker = TransferProcessor(settings, bootstrap, connectors, database_url=database_url)
         logger.info("providers: %s; retries after %s s", ", ".join(sorted(connectors)), settings.retry_delays_s)
         stats = worker.run(idle_exit_s=idle_exit)

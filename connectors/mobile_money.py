@@ -1,6 +1,6 @@
 """Mobile money (Orange Money style): a cash-in to the payee's wallet, idempotent by the attempt's key.
 
-The provider's HTTP API, as this connector speaks it (tests/mobile_money_server imitates it):
+The provider's HTTP API, as this connector speaks it (sandbox/mobile_money.py imitates it):
 
 * ``POST /oauth/v3/token`` with ``Authorization: Basic base64(client_id:client_secret)`` and the
   form body ``grant_type=client_credentials`` answers ``200 {"token_type": "Bearer",

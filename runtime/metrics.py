@@ -44,7 +44,11 @@ WEBHOOKS_RECEIVED = Counter("ledger_webhooks_received_total",
 NOTIFICATIONS = Counter("ledger_notifications_total", "Payee notices by channel (email, webhook, none) and outcome (sent, retry, given_up, no_contact)", ["channel", "outcome"])
 
 
-def start_metrics_server(port: int | None, host: str = "127.0.0.1") -> None:
-    """Serve /metrics on port (nothing when None)."""
+def start_metrics_server(port: int | None, host: str | None = None) -> None:
+    """Serve /metrics on port (nothing when None), on host (default: LEDGER_METRICS_HOST, 127.0.0.1)."""
     if port is not None:
+        if host is None:
+            from runtime.settings import Settings
+
+            host = Settings().metrics_host
         start_http_server(port, addr=host)

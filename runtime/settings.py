@@ -121,6 +121,7 @@ class Settings(BaseSettings):
     notify_webhook_secret: str = Field("", description="HMAC-SHA256 key of payee notification webhooks")
     notify_retry_delays_s: list[int] = Field([10, 60, 300, 1800, 7200], description="waits between delivery attempts of a notification; then it is given up")
     log_format: str = Field("text", description="text or json (one JSON object per line, with correlation ids)")
+    metrics_host: str = Field("127.0.0.1", description="address that --metrics-port listens on; 0.0.0.0 in containers, so Prometheus can scrape")
 
     embedded_kafka_port: int = Field(19092, ge=1, le=65535)
     embedded_postgres_port: int = Field(15432, ge=1, le=65535)
