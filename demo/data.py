@@ -71,10 +71,11 @@ def make_payees(run_id: str, count: int, rng: random.Random) -> list[DemoPayee]:
     troubled: set[str] = set()
     for index in range(count):
         role, currency, method, tz = PROFILES[index % len(PROFILES)]
-        weekly = rng.random() < 0.4
+        weekly = rng.random() < 0.4 and index >= len(PROFILES)  # the first of each profile is paid daily
         trouble = ""
         if method not in troubled and index >= len(PROFILES):  # the second round of profiles gets the trouble
             trouble, _ = TROUBLES[method], troubled.add(method)
+            weekly = False  # paid daily, so its trouble shows even in a one-day demo
         destination = {"bank_transfer": german_iban(100_000 + index), "mobile_money": f"22177{index:07d}"}.get(method, "")
         payees.append(DemoPayee(
             payee_id=f"demo-{run_id}-{role}-{index:03d}", role=role, currency=currency, method=method, timezone=tz,
@@ -83,7 +84,7 @@ def make_payees(run_id: str, count: int, rng: random.Random) -> list[DemoPayee]:
     if count > len(PROFILES) + 1:  # one more bank payee whose IBAN has a typo
         last = payees[-1]
         payees[-1] = replace(last, method="bank_transfer", currency="EUR", destination=TYPO_IBAN,
-                             timezone="Europe/Paris", trouble="typo_iban")
+                             timezone="Europe/Paris", frequency="DAILY", day_of_week=None, trouble="typo_iban")
     return payees
 
 
@@ -92,7 +93,7 @@ def make_inputs(run_id: str, payees: list[DemoPayee], payments: int, start: date
     """`payments` payments between start and end (some payees earn much more than others), plus
     refunds (4%), bonuses and deductions (1%), redeliveries (5%), late payments and malformed records."""
     span_s = (end - start).total_seconds()
-    weights = [rng.paretovariate(1.5) for _ in payees]
+    weights = [max(rng.paretovariate(1.5), 2.0 if payee.trouble else 0.0) for payee in payees]  # troubled: paid
     records: list[dict] = []
     paid: list[dict] = []
     for index in range(payments):

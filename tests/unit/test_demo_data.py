@@ -36,6 +36,7 @@ def test_payees_span_currencies_methods_timezones_plans_and_schedules():
     assert {p.plan for p in payees} == {"flat-80", "tiered-services"}
     assert {p.frequency for p in payees} == {"DAILY", "WEEKLY"}
     assert all((p.day_of_week is None) == (p.frequency == "DAILY") for p in payees)
+    assert all(p.frequency == "DAILY" for p in payees if p.trouble)  # their trouble shows in a one-day demo
     assert len({p.payee_id for p in payees}) == 40
 
 
