@@ -25,9 +25,9 @@ from tests.integration.cli_env import LEDGER, env_for
 from tests.integration.transfer_helpers import sequencer_running
 
 PAYEES = 40
-BATCHES = 30
+BATCHES = 24
 PER_BATCH = 100
-MIN_KILLS = 20
+MIN_KILLS = 15
 
 
 def dump(settings) -> dict[str, list]:

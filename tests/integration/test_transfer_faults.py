@@ -22,8 +22,8 @@ from tests.integration.sequencing_helpers import dead_letters, ledger_events
 from tests.integration.transfer_helpers import book_of, outcome_counts, request_payouts, sequencer_running
 from sandbox.stripe import StripeTestServer
 
-PAYOUTS = 210
-MAX_KILLS = 40  # then one processor finishes what the kills left open (the kills land while payouts flow)
+PAYOUTS = 150
+MAX_KILLS = 30  # then one processor finishes what the kills left open (the kills land while payouts flow)
 BAD_ACCOUNTS = 10  # fail permanently (no_account)
 
 
