@@ -1,0 +1,233 @@
+"""Benchmark (not a test): every throughput figure of the ledger in ONE run, each also as a ratio to the raw
+broker read rate measured in the same run (ARCHITECTURE.md), so figures stay comparable on noisy machines.
+
+    .venv/bin/python bench/run_all.py [--payments N] [--payouts N] [--json]
+
+(a) raw read rate of a plain consumer; (b) append throughput, LedgerClient -> `ledger sequencer` ->
+ledger.events; (c) end to end, append -> projected row in `earnings` (`ledger projector` and `ledger
+aggregator` running): payments/s, and p50/p99 latency at a paced load; (d) payouts settled per minute
+through `ledger transfers` against the Stripe sandbox answering in 50 ms; (e) `ledger projections
+rebuild` events/s; (f) peak memory (VmHWM) of every process. Fresh topics and a fresh PostgreSQL
+schema of its own, on the embedded stack (started or reused) unless LEDGER_KAFKA_BOOTSTRAP and
+LEDGER_DATABASE_URL are set. Exit 0 when every phase finished, 1 (with the reason) otherwise.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import signal
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from bench_phases import (BenchContext, append_throughput, end_to_end, rebuild, request_stripe_payouts,
+                          settle_payouts)
+from bench_processes import BenchFailure, LedgerProcess, ledger_env, vmhwm_kib
+from bench_reading import LogTail, raw_read_rate
+from bench_stack import close_place, machine, open_place, remove_run_data
+from sandbox.stripe import StripeTestServer
+
+STARTUP_S = 120.0  # a worker must be up (rebuilt, caught up) within this
+PROVIDER_LATENCY_S = 0.05
+errors = Console(stderr=True)
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--payments", type=int, default=20_000,
+                        help="payments appended in (b); (c) sends half of this in a burst and a quarter paced")
+    parser.add_argument("--payouts", type=int, default=600, help="Stripe payouts paid in (d)")
+    parser.add_argument("--payees", type=int, default=500, help="payees the payments of (b) and (c) spread over")
+    parser.add_argument("--paced-share", type=float, default=0.5,
+                        help="the paced load of (c), as a share of the burst's end-to-end rate")
+    parser.add_argument("--raw-read-repeats", type=int, default=5)
+    parser.add_argument("--keep", action="store_true", help="keep the run's topics, schema and worker logs")
+    parser.add_argument("--json", dest="as_json", action="store_true", help="print the result as JSON")
+    args = parser.parse_args()
+    if args.payments < 100 or args.payouts < 2 or args.payees < 1 or not 0 < args.paced_share <= 1:
+        parser.error("--payments must be >= 100, --payouts >= 2, --payees >= 1, --paced-share in (0, 1]")
+    return args
+
+
+def _terminate(*_: object) -> None:
+    raise KeyboardInterrupt  # SIGTERM: leave through the finally blocks that stop the workers
+
+
+def run(args: argparse.Namespace, place, log_dir: Path, progress: Progress) -> dict:  # noqa: ANN001 - BenchPlace
+    ctx = BenchContext(place.settings, place.bootstrap, place.database_url, progress, run_id=uuid.uuid4().hex[:8])
+    (log_dir / "data").mkdir(exist_ok=True)  # LEDGER_DATA_DIR of the workers (the aggregator's Faust files)
+    env = ledger_env(place.settings, place.bootstrap, place.database_url, log_dir / "data")
+    peaks: dict[str, dict] = {}
+
+    def start(name: str, command: list[str], ready: str, what: str, extra_env: dict | None = None) -> LedgerProcess:
+        task = progress.add_task(f"starting `ledger {' '.join(command)}`", total=None)
+        worker = LedgerProcess(name, command, {**env, **(extra_env or {})}, log_dir)
+        ctx.workers[name] = worker
+        worker.wait_for_line(ready, STARTUP_S, what)
+        progress.update(task, total=1, completed=1)
+        return worker
+
+    def stop(name: str) -> None:
+        worker = ctx.workers.pop(name)
+        stopping = time.monotonic()
+        code = worker.stop()
+        peaks[name] = {"vmhwm_kib": worker.peak_kib, "maxrss_at_exit_kib": worker.maxrss_kib, "exit_code": code,
+                       "stop_s": round(time.monotonic() - stopping, 2)}
+
+    try:
+        start("sequencer", ["sequencer"], "reading ", "that it reads its input")
+        appended = append_throughput(ctx, args.payments, args.payees)
+        start("projector", ["projector"], "caught up", "that it caught up")
+        start("aggregator", ["aggregator"], "rebuilt ", "its rebuild")
+        burst = end_to_end(ctx, "c", args.payments // 2, args.payees, None)
+        paced = end_to_end(ctx, "p", args.payments // 4, args.payees, burst["payments_per_s"] * args.paced_share)
+        stop("aggregator")
+
+        with StripeTestServer(latency_s=PROVIDER_LATENCY_S) as stripe_server:
+            accounts = {f"bench-d-{i}": stripe_server.create_account() for i in range(args.payouts)}
+            requested = request_stripe_payouts(ctx, accounts)
+            tail = LogTail(place.bootstrap, place.settings.topic_events)
+            try:
+                transfers = LedgerProcess("transfers", ["transfers"], {
+                    **env, "LEDGER_STRIPE_API_KEY": "sk_test_bench", "LEDGER_STRIPE_API_BASE": stripe_server.url},
+                    log_dir)
+                ctx.workers["transfers"] = transfers
+                payouts = settle_payouts(ctx, transfers, tail, requested)
+            finally:
+                tail.close()
+                if "transfers" in ctx.workers:
+                    stop("transfers")  # before the Stripe server goes, also on failure
+        stop("projector")
+        stop("sequencer")
+
+        task = progress.add_task("(a) raw read of ledger.events", total=None)
+        raw = raw_read_rate(place.bootstrap, place.settings.topic_events, args.raw_read_repeats, timeout_s=300)
+        progress.update(task, total=1, completed=1)
+        rebuilt, process = rebuild(ctx, env, log_dir, raw["records"])
+        peaks["rebuild"] = {"vmhwm_kib": process.peak_kib, "maxrss_at_exit_kib": process.maxrss_kib, "exit_code": 0}
+    finally:
+        for name in list(ctx.workers):
+            stop(name)
+    peaks["driver"] = {"vmhwm_kib": vmhwm_kib(os.getpid()), "maxrss_at_exit_kib": None, "exit_code": None}
+    return {"append": appended, "end_to_end_burst": burst, "end_to_end_paced": paced, "payouts": payouts,
+            "raw_read": raw, "rebuild": rebuilt, "peak_memory": peaks}
+
+
+def figures(details: dict, settings) -> list[dict]:  # noqa: ANN001 - Settings
+    """Every figure with its unit and its ratio to (a) (rates: rate / raw rate; latency: how many records the
+    raw reader reads in that time; memory: none)."""
+    raw = details["raw_read"]["records_per_s"]
+    rows = [("a", "raw broker read: plain consumer on ledger.events", raw, "records/s", 1.0)]
+
+    def rate(key: str, label: str, per_s: float, unit: str = "records/s", shown: float | None = None) -> None:
+        rows.append((key, label, per_s if shown is None else shown, unit, per_s / raw))
+
+    append, burst, paced = details["append"], details["end_to_end_burst"], details["end_to_end_paced"]
+    rate("b", "append: LedgerClient -> sequencer -> ledger.events", append["chained_records_per_s"])
+    rate("b_client", "  of which LedgerClient alone (validate, encode, acks=all)", append["client_records_per_s"])
+    rate("c", "end to end: append -> row in earnings (burst)", burst["payments_per_s"], "payments/s")
+    for key, label in (("latency_p50_s", "p50"), ("latency_p99_s", "p99")):
+        rows.append((f"c_{label}", f"end to end latency {label} at {paced['offered_per_s']:,.0f} payments/s (paced)",
+                     paced[key], "s", paced[key] * raw))
+    per_min = details["payouts"]["settled_per_min"]
+    rate("d", f"payouts settled, Stripe sandbox at {PROVIDER_LATENCY_S * 1000:.0f} ms (concurrency "
+              f"{settings.provider_concurrency}, {settings.provider_rate_per_s:g}/s cap)",
+         per_min / 60, "payouts/min", per_min)
+    rate("e", "projections rebuild", details["rebuild"]["events_per_s"], "events/s")
+    for name, peak in details["peak_memory"].items():
+        kib = peak["vmhwm_kib"] or peak["maxrss_at_exit_kib"]
+        rows.append((f"f_{name}", f"peak memory (VmHWM): {name}", round(kib / 1024, 1) if kib else None, "MiB", None))
+    return [{"key": key, "figure": label, "value": value, "unit": unit,
+             "ratio_to_raw_read": None if ratio is None else round(ratio, 6)} for key, label, value, unit, ratio in rows]
+
+
+def print_table(result: dict) -> None:
+    console = Console(width=None if sys.stdout.isatty() else 130)
+    table = Table(title=f"ledger benchmark ({result['seconds']:.0f} s, {result['machine']['cpus']} CPUs, "
+                        f"load {result['machine']['load_avg_1_5_15'][0]:.2f} at start)")
+    for column, justify in (("", "left"), ("figure", "left"), ("value", "right"), ("unit", "left"),
+                            ("ratio to (a)", "right")):
+        table.add_column(column, justify=justify)
+    for row in result["figures"]:
+        value, ratio = row["value"], row["ratio_to_raw_read"]
+        shown = "-" if value is None else (f"{value:,.3f}" if row["unit"] == "s" else f"{value:,.1f}" if value < 100
+                                           else f"{value:,.0f}")
+        if ratio is None:
+            ratio_text = "n/a"
+        elif row["unit"] == "s":
+            ratio_text = f"{ratio:,.0f} reads"
+        else:
+            ratio_text = f"{ratio:.4g}"
+        table.add_row(row["key"], row["figure"], shown, row["unit"], ratio_text)
+    console.print(table)
+    d = result["details"]
+    burst, paced = d["end_to_end_burst"], d["end_to_end_paced"]
+    console.print(f"(b) {d['append']['records']:,} payments; (c) burst {burst['payments']:,}, paced "
+                  f"{paced['payments']:,} (burst p50/p99 {burst['latency_p50_s']:.2f}/{burst['latency_p99_s']:.2f} s, "
+                  f"queueing included; most rows appearing at once, paced: {paced['largest_poll_rows']:,}); "
+                  f"(d) {d['payouts']['settled']} settled, {d['payouts']['failed']} failed; (e) "
+                  f"{d['rebuild']['events']:,} events. Latency resolution: {paced['poll_interval_s'] * 1000:.0f} ms "
+                  "polls. Latency ratio = records the raw reader reads in that time.", highlight=False)
+
+
+def main() -> int:
+    args = parse_args()
+    signal.signal(signal.SIGTERM, _terminate)
+    log_dir = Path(tempfile.mkdtemp(prefix="ledger-bench-"))
+    report = (lambda line: errors.print(f"  {line}", highlight=False))
+    started = time.monotonic()
+    place, ok = None, False
+    try:
+        place = open_place(report)
+        about = machine(place)
+        with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                      console=errors, transient=False) as progress:
+            details = run(args, place, log_dir, progress)
+        about["load_avg_1_5_15_at_end"] = os.getloadavg()
+        result = {"seconds": round(time.monotonic() - started, 1), "machine": about,
+                  "settings": {"provider_concurrency": place.settings.provider_concurrency,
+                               "provider_rate_per_s": place.settings.provider_rate_per_s,
+                               "provider_latency_s": PROVIDER_LATENCY_S,
+                               "settled_per_min_cap": round(place.settings.provider_rate_per_s * 60),
+                               "sequencer_batch_max": place.settings.sequencer_batch_max,
+                               "partitions_events": place.settings.partitions_events,
+                               "topics_suffix": place.settings.topic_events.rsplit(".", 1)[-1],
+                               "schema": place.schema},
+                  "figures": figures(details, place.settings), "details": details}
+        if args.as_json:
+            print(json.dumps(result, indent=2, default=str))
+        else:
+            print_table(result)
+        ok = True
+        return 0
+    except BenchFailure as exc:
+        errors.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+        return 1
+    except Exception as exc:  # a broker, database or client error: one line, the workers still stopped below
+        errors.print(f"[bold red]error:[/] {type(exc).__name__}: {exc}", highlight=False, soft_wrap=True)
+        return 1
+    except KeyboardInterrupt:
+        errors.print("[bold red]error:[/] interrupted; workers stopped", highlight=False)
+        return 130
+    finally:
+        if place is not None:
+            if not args.keep:
+                remove_run_data(place, report)
+            close_place(place, report)
+        if ok and not args.keep:
+            shutil.rmtree(log_dir, ignore_errors=True)
+        else:
+            errors.print(f"worker logs kept in {log_dir}", highlight=False)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
