@@ -34,6 +34,9 @@ from runtime.logs import log_context
 from runtime.settings import Settings
 
 NAME = "read-models"
+# Once caught up, events wait at most this long to be written: under a steady stream the partitions are
+# rarely all at their end at once, and a batch would otherwise wait for batch_events (bench/README.md).
+BATCH_AGE_S = 0.2
 PROJECTED = (*KEYS, "dead_letters")
 logger = logging.getLogger("ledger.projector")
 
@@ -55,9 +58,11 @@ def load_tables(engine: sqlalchemy.Engine) -> dict[str, sqlalchemy.Table]:
 
 class Projector:
     def __init__(self, settings: Settings, bootstrap: str, database_url: str, *, batch_events: int = 2000,
+                 batch_age_s: float = BATCH_AGE_S,
                  codec: EventCodec | None = None, log: Callable[[str], None] | None = None,
                  progress: Callable[[int], None] | None = None) -> None:
         self.settings, self.bootstrap, self.database_url = settings, bootstrap, database_url
+        self.batch_age_s = batch_age_s
         self.codec = codec or EventCodec()
         self.batch_events, self.log, self.progress = batch_events, log or logger.info, progress
         self.model = ReadModel(retain_rows=False)
@@ -109,6 +114,8 @@ class Projector:
         caught_up, last_input = False, time.monotonic()
         try:
             while not self._stop.is_set():
+                if not self._unwritten:
+                    unwritten_since = time.monotonic()  # when the oldest event not yet written arrived, at most
                 messages = consumer.consume(1000, 0.2)
                 lag.observe_batch(messages)
                 for message in messages:
@@ -130,7 +137,8 @@ class Projector:
                     self._positions[(message.topic(), message.partition())] = message.offset() + 1
                     if self._unwritten >= self.batch_events:
                         self._write()
-                if self._unwritten and (not messages or len(at_end) == total):
+                stale = caught_up and time.monotonic() - unwritten_since >= self.batch_age_s
+                if self._unwritten and (not messages or len(at_end) == total or stale):
                     self._write()
                 if not messages:
                     lag.caught_up()
