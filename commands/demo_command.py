@@ -74,8 +74,9 @@ def demo(payees: int, payments: int, days: int, seed: int | None, as_json: bool)
 
 
 def _print(summary: dict) -> None:
-    inputs = Table(title=f"demo run {summary['run_id']} (seed {summary['seed']}, {summary['payees']} payees, "
-                         f"{summary['days']} days) in {summary['elapsed_s']} s", show_header=False)
+    console.print(f"[bold]demo run {summary['run_id']}[/]: {summary['payees']} payees, {summary['days']} days, "
+                  f"seed {summary['seed']}, {summary['elapsed_s']} s", highlight=False)
+    inputs = Table(show_header=False)
     inputs.add_column("what")
     inputs.add_column("count", justify="right")
     for label, key in (("payments appended", "payments_appended"), ("refunds appended", "refunds_appended"),
