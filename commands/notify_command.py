@@ -8,7 +8,7 @@ import click
 import sqlalchemy
 from rich.table import Table
 
-from commands.output import start_logging, console, emit_json, fail, metrics_port_option
+from commands.output import start_logging, console, emit_json, fail, metrics_port_option, standby_option
 from commands.payee_commands import payee
 from processors.notifier import Notifier
 from projections.payee_contacts import InvalidContact, delete_contact, get_contact, set_contact
@@ -26,8 +26,7 @@ STATUSES = ("pending", "sent", "given_up", "no_contact")
               help="Exit after this many seconds with nothing to do (default: run until SIGTERM/Ctrl-C).")
 @click.option("--json", "as_json", is_flag=True, help="Print the final counts as JSON.")
 @metrics_port_option
-@click.option("--standby", is_flag=True,
-              help="If another one runs, wait as a hot standby and take over when it stops (instead of exiting).")
+@standby_option
 def notifier(idle_exit: float | None, as_json: bool, metrics_port: int | None, standby: bool) -> None:
     """Turn every payout settled or failed for good into notices to its payee (see docs/notifications.md).
 

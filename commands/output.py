@@ -28,6 +28,12 @@ def metrics_port_option(function):  # noqa: ANN001, ANN201 - a click decorator
                         help="Serve Prometheus metrics on PORT/metrics (address: LEDGER_METRICS_HOST, default 127.0.0.1).")(function)
 
 
+def standby_option(function):  # noqa: ANN001, ANN201 - a click decorator
+    """`--standby`: for processors that run once per ledger (runtime/single_instance.py)."""
+    return click.option("--standby", is_flag=True, help="If another one runs, wait as a hot standby and take over "
+                        "when it stops (instead of exiting).")(function)
+
+
 def start_logging(settings, process: str, as_json: bool = False) -> None:  # noqa: ANN001 - Settings
     """Log as LEDGER_LOG_FORMAT says: json lines on stderr; text lines where long-running commands always
     printed them (stdout, or stderr when --json keeps stdout for the result)."""

@@ -9,7 +9,7 @@ import click
 import sqlalchemy
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from commands.output import metrics_port_option, console, emit_json, errors, start_logging
+from commands.output import metrics_port_option, standby_option, console, emit_json, errors, start_logging
 from processors.kafka_io import read_topic
 from projections.projector import NAME, PROJECTED, Projector
 from runtime.database import make_engine
@@ -24,8 +24,7 @@ from runtime.stack import connections
               help="Exit once caught up and idle this many seconds (default: run until SIGTERM/Ctrl-C).")
 @click.option("--json", "as_json", is_flag=True)
 @metrics_port_option
-@click.option("--standby", is_flag=True,
-              help="If another one runs, wait as a hot standby and take over when it stops (instead of exiting).")
+@standby_option
 def projector(idle_exit: float | None, as_json: bool, metrics_port: int | None, standby: bool) -> None:
     """Keep payees, balances, earnings, periods, payouts, attempts, dead letters and daily totals current.
 

@@ -6,7 +6,7 @@ from dataclasses import asdict
 
 import click
 
-from commands.output import metrics_port_option, console, emit_json, start_logging
+from commands.output import metrics_port_option, standby_option, console, emit_json, start_logging
 from processors.sequencer import Sequencer, logger
 from runtime.metrics import start_metrics_server
 from runtime.settings import Settings
@@ -19,8 +19,7 @@ from runtime.stack import connections
               help="Exit after this many seconds without input (default: run until SIGTERM/Ctrl-C).")
 @click.option("--json", "as_json", is_flag=True, help="Print the final counts as JSON.")
 @metrics_port_option
-@click.option("--standby", is_flag=True,
-              help="If another one runs, wait as a hot standby and take over when it stops (instead of exiting).")
+@standby_option
 def sequencer(idle_exit: float | None, as_json: bool, metrics_port: int | None, standby: bool) -> None:
     """Validate, deduplicate and sequence incoming records into ledger.events; refuse the rest to ledger.dlq.
 

@@ -6,7 +6,7 @@ from dataclasses import asdict
 
 import click
 
-from commands.output import metrics_port_option, console, emit_json, start_logging
+from commands.output import metrics_port_option, standby_option, console, emit_json, start_logging
 from processors.transfer_processor import TransferProcessor, logger
 from runtime.providers import build_connectors
 from runtime.metrics import start_metrics_server
@@ -20,8 +20,7 @@ from runtime.stack import connections
               help="Exit after this many seconds with nothing to do (default: run until SIGTERM/Ctrl-C).")
 @click.option("--json", "as_json", is_flag=True, help="Print the final counts as JSON.")
 @metrics_port_option
-@click.option("--standby", is_flag=True,
-              help="If another one runs, wait as a hot standby and take over when it stops (instead of exiting).")
+@standby_option
 def transfers(idle_exit: float | None, as_json: bool, metrics_port: int | None, standby: bool) -> None:
     """Pay every requested payout once through its provider and record the outcome in the ledger.
 

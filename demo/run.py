@@ -95,7 +95,7 @@ def run_demo(settings: Settings, options: DemoOptions, reporter: Reporter | None
     now = datetime.now(timezone.utc).replace(microsecond=0)
     start = (now - timedelta(days=options.days)).replace(minute=0, second=0)
     payees = make_payees(run_id, options.payees, rng)
-    with Sandboxes(settings.data_dir.resolve(), rng) as sandboxes:
+    with Sandboxes(settings.data_dir.resolve()) as sandboxes:
         payees = sandboxes.set_up(payees)
         inputs = make_inputs(run_id, payees, options.payments, start, now - timedelta(minutes=2), rng)
         by_id = {payee.payee_id: payee for payee in payees}

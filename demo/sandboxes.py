@@ -6,7 +6,6 @@ Nothing real is called: the transfer processor the demo starts is pointed at the
 
 from __future__ import annotations
 
-import random
 from contextlib import ExitStack
 from dataclasses import replace
 from decimal import Decimal
@@ -25,8 +24,7 @@ STRIPE_LATENCY_S = 0.05  # every Stripe answer takes 50 ms, like a real API call
 
 
 class Sandboxes:
-    def __init__(self, data_dir: Path, rng: random.Random) -> None:
-        self.rng = rng
+    def __init__(self, data_dir: Path) -> None:
         self.bank_dir = data_dir / "demo" / "bank"
         self.stripe = StripeTestServer(latency_s=STRIPE_LATENCY_S)
         self.mobile = MobileMoneyTestServer(complete_after_polls=1)  # PENDING once, then final

@@ -21,7 +21,6 @@ class LedgerTail:
         self.earnings: dict[str, PayeeEarnings] = {payee: PayeeEarnings(payee) for payee in payee_ids}
         self.book = PayoutBook()
         self.counts: Counter = Counter()  # event type -> how many of ours are chained
-        self.event_ids: set[str] = set()
         self.payment_ids: set[str] = set()
         starts = end_offsets(bootstrap, topic)
         self._consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": "ledger-demo-tail",
@@ -44,7 +43,6 @@ class LedgerTail:
             self.earnings[event.payee_id].apply(event)
             self.book.apply(event)
             self.counts[event.event_type] += 1
-            self.event_ids.add(event.envelope.event_id)
             if event.event_type == "PaymentCompleted":
                 self.payment_ids.add(event.payload["payment_id"])
             folded += 1
@@ -52,9 +50,6 @@ class LedgerTail:
 
     def payouts(self) -> list[Payout]:
         return list(self.book.payouts.values())
-
-    def open_payouts(self) -> list[Payout]:
-        return [payout for payout in self.book.payouts.values() if not payout.status.terminal]
 
     def close(self) -> None:
         self._consumer.close()
