@@ -32,13 +32,27 @@ def request_payouts(settings: Settings, payees: dict[str, tuple[str, str]], mino
                                 method=method, destination=destination, wait=False)
         client.record_batch([{"payment_id": f"pay-{payee_id}", "payee_id": payee_id, "amount_minor": minor,
                               "currency": currency, "occurred_at": TWO_DAYS_AGO.isoformat()} for payee_id in payees])
-    run_sequencer(settings, idle_exit_s=1.0)
+    chained = lambda kind: {e.payee_id for e, _ in ledger_events(settings) if e.event_type == kind}  # noqa: E731
+    sequence_until(settings, lambda: set(payees) <= chained("PaymentCompleted"), "the payments chained")
     codec = EventCodec()
     plan = plan_run(fold_ledger(settings.kafka_bootstrap, settings.topic_events, codec).values(),
                     datetime.now(timezone.utc), plan_book(settings), settings.payout_policy())
     send_commands(settings.kafka_bootstrap, settings.topic_commands, plan.closes, codec)
-    run_sequencer(settings, idle_exit_s=1.0)
+    close_ids = {close.envelope.event_id for close in plan.closes}
+    sequence_until(settings, lambda: close_ids <= {e.envelope.event_id for e, _ in ledger_events(settings)},
+                   "the closes chained")
     return plan.payouts
+
+
+def sequence_until(settings: Settings, condition: Callable[[], bool], what: str, timeout_s: float = 60.0) -> None:
+    """Run the sequencer until idle, again while `condition` does not hold: under load a sequencer can go
+    idle before its first fetch returns anything."""
+    deadline = time.monotonic() + timeout_s
+    run_sequencer(settings, idle_exit_s=1.0)
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
+        run_sequencer(settings, idle_exit_s=1.0)
 
 
 @contextmanager
