@@ -22,7 +22,7 @@ from api.context import ApiContext, context, ingester
 from api.models import Strict
 from ledger.codec import EventCodec
 from ledger.events import Event
-from ledger.intake import IntakeRejected, parse_record
+from ledger.intake import IntakeRejected, json_size, parse_record
 from processors.kafka_io import DeliveryFailed, DeliveryTracker, make_producer
 
 router = APIRouter(prefix="/v1", tags=["ingestion"])
@@ -69,7 +69,7 @@ def ingest(body: PaymentsBody, ctx: ApiContext = Depends(context), who: Principa
     events, problems = [], []
     for index, record in enumerate(body.records):
         try:
-            events.append(parse_record(record, limits, now))
+            events.append(parse_record(record, limits, now, size=json_size(record)))
         except IntakeRejected as exc:
             problems.extend({"index": index, "field": field, "reason": reason} for field, reason in exc.problems)
     if problems:

@@ -60,12 +60,12 @@ def main() -> None:
         book=book, now=now) for payee in range(args.payees)], EventCodec())
     with LedgerClient(bootstrap, settings) as client:
         client.record_batch(records)
-    Sequencer(settings, bootstrap, log=lambda _: None).run(idle_exit_s=1.0, handle_signals=False)
+    Sequencer(settings, bootstrap, database_url=bench_db, log=lambda _: None).run(idle_exit_s=1.0, handle_signals=False)
     codec = EventCodec()
     plan = plan_run(fold_ledger(bootstrap, settings.topic_events, codec).values(), datetime.now(timezone.utc),
                     plan_book(settings), settings.payout_policy())
     send_commands(bootstrap, settings.topic_commands, plan.closes, codec)
-    Sequencer(settings, bootstrap, log=lambda _: None).run(idle_exit_s=1.0, handle_signals=False)
+    Sequencer(settings, bootstrap, database_url=bench_db, log=lambda _: None).run(idle_exit_s=1.0, handle_signals=False)
 
     started = time.monotonic()
     events = sum(1 for _ in read_topic(bootstrap, settings.topic_events, timeout_s=600))

@@ -27,7 +27,7 @@ def main() -> None:
     parser.add_argument("--payees", type=int, default=500)
     args = parser.parse_args()
     base = Settings()
-    bootstrap, _ = connections(base)
+    bootstrap, database_url = connections(base)
     suffix = f"bench-{uuid.uuid4().hex[:8]}"
     settings = base.with_topic_suffix(suffix)
     ensure_topics(bootstrap, settings.topic_specs())
@@ -44,12 +44,12 @@ def main() -> None:
     raw_count = sum(1 for _ in read_topic(bootstrap, settings.topic_incoming, timeout_s=600))
     raw_read_s = time.monotonic() - raw_started
 
-    worker = Sequencer(settings, bootstrap)
+    worker = Sequencer(settings, bootstrap, database_url=database_url)
     started = time.monotonic()
     worker.run(idle_exit_s=1.0, handle_signals=False)
     sequencing_s = time.monotonic() - started - 1.0  # the idle wait is not work
 
-    again = Sequencer(settings, bootstrap)
+    again = Sequencer(settings, bootstrap, database_url=database_url)
     again.rebuild()
     result = {
         "records": args.records, "sent": len(sent.sent), "appended": worker.stats.appended,

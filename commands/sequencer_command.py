@@ -30,7 +30,7 @@ def sequencer(idle_exit: float | None, as_json: bool, metrics_port: int | None, 
     start_metrics_server(metrics_port)
     bootstrap, database_url = connections(settings)
     with single_instance(database_url, f"sequencer:{settings.topic_events}", standby=standby):
-        worker = Sequencer(settings, bootstrap)
+        worker = Sequencer(settings, bootstrap, database_url=database_url)
         worker.rebuild()
         logger.info("reading %s -> %s (rejects -> %s)", settings.topic_incoming, settings.topic_events,
                     settings.topic_dlq)

@@ -65,7 +65,7 @@ def _sequence(settings: Settings, bootstrap: str, database_url: str, expected: i
     """Run the sequencer here until idle, or wait for the running one to handle all our records."""
     try:
         with single_instance(database_url, f"sequencer:{settings.topic_events}"):
-            Sequencer(settings, bootstrap, codec=codec).run(idle_exit_s=1.0, handle_signals=False)
+            Sequencer(settings, bootstrap, database_url=database_url, codec=codec).run(idle_exit_s=1.0, handle_signals=False)
             return "this process"
     except AlreadyRunning:
         def handled() -> bool:

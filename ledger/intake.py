@@ -1,7 +1,10 @@
 """Validation of what upstream services send: payments, refunds and adjustments, as records or events.
 
-One rule set for every way in (LedgerClient, `ledger publish`, JSON or Avro on payments.incoming).
-A rejected input raises IntakeRejected naming each field and the reason.
+One rule set for every way in (LedgerClient, `ledger publish`, `POST /v1/payments`, JSON or Avro on
+payments.incoming). A rejected input raises IntakeRejected naming each field and the reason.
+
+Bounds (README "Limits"): every string field has a maximum length, and a record a maximum size, so
+that no accepted event is large, and a record too large to read is refused before it is parsed.
 """
 
 from __future__ import annotations
@@ -23,6 +26,26 @@ from ledger.money import InvalidAmount, Money
 ID_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:@/+-]{0,127}")  # always fullmatch: `$` would allow a final newline
 LONG_MAX = 2**63 - 1  # amounts are Avro longs
 ID_RULE = "1-128 characters: letters, digits and . _ : @ / + - (starting with a letter or digit)"
+ID_MAX_CHARS = 128
+# Free-text fields: long enough for any real use (a reason is a sentence or two), short enough that
+# every event stays small. Counted in characters (code points), as Python and Avro strings count them.
+TEXT_MAX_CHARS = {"source": 256, "reason": 1000, "name": 200, "actor": 200}
+CURRENCY_MAX_CHARS = 3  # ISO 4217 codes
+# The largest valid record is about 33 KiB (every field at its limit, metadata at 4 KiB, every
+# character written as a JSON \u escape); twice that leaves room for formatting. Larger records can
+# only be padding or unknown content.
+RECORD_MAX_BYTES = 65_536
+# A record above this is refused without being parsed at all: the input topics' own limit
+# (max.message.bytes, Kafka's default), so nothing larger needs to be read into a JSON parser.
+RECORD_READ_MAX_BYTES = 1_048_576
+PROBLEMS_SHOWN = 20
+# What the ledger's topics and clients are configured for (runtime/settings.py topic_specs, the
+# sequencer's producer): the input topics take records up to RECORD_READ_MAX_BYTES; the dead-letter
+# topic and ledger.events take that plus room for the headers a dead letter adds.
+TOPIC_HEADROOM_BYTES = 65_536
+OUTPUT_MESSAGE_MAX_BYTES = RECORD_READ_MAX_BYTES + TOPIC_HEADROOM_BYTES
+SHOWN_CHARS = 40  # how much of an offending value an error message repeats
+BYTE_ORDER_MARK = b"\xef\xbb\xbf"
 EVENT_ID_NAMESPACE = uuid.UUID("8d3f6a52-5c1e-4c8e-9a59-2f0b7b1d6e01")
 INTAKE_TYPES = {"payment": "PaymentCompleted", "refund": "PaymentRefunded", "adjustment": "EarningsAdjusted"}
 
@@ -52,6 +75,41 @@ class IntakeLimits:
 @functools.lru_cache(maxsize=512)
 def _money_from_major(major: str, code: str) -> Money:
     return Money.from_major(major, code)
+
+
+def shown(value: object) -> str:
+    """A value for an error message: its repr, cut to SHOWN_CHARS characters with its length said."""
+    text = repr(value)
+    if len(text) <= SHOWN_CHARS:
+        return text
+    length = f" ({len(value)} characters)" if isinstance(value, str) else ""
+    return f"{text[:SHOWN_CHARS]}...{length}"
+
+
+def record_size_problem(size: int) -> tuple[str, str] | None:
+    """The problem with a record of `size` bytes, if any (see RECORD_MAX_BYTES)."""
+    if size > RECORD_MAX_BYTES:
+        return ("record", f"is {size} bytes, at most {RECORD_MAX_BYTES} allowed")
+    return None
+
+
+def check_readable_size(size: int) -> None:
+    """Refuse, before parsing, a record too large to be read at all (RECORD_READ_MAX_BYTES)."""
+    if size > RECORD_READ_MAX_BYTES:
+        raise IntakeRejected([("record", f"is {size} bytes, larger than {RECORD_READ_MAX_BYTES}: "
+                                         f"not read (a record may have at most {RECORD_MAX_BYTES})")])
+
+
+def json_size(record: Mapping[str, Any]) -> int:
+    """A record's size as compact UTF-8 JSON: how entrances without raw bytes (LedgerClient, the API's
+    records inside one body) measure it, so the same record meets the same limit everywhere."""
+    return len(json.dumps(record, ensure_ascii=False, separators=(",", ":"), default=str)
+               .encode("utf-8", "surrogatepass"))
+
+
+def strip_byte_order_mark(value: bytes) -> bytes:
+    """A UTF-8 byte-order mark before a JSON record is accepted and ignored (RFC 8259 section 8.1 allows it)."""
+    return value[len(BYTE_ORDER_MARK):] if value.startswith(BYTE_ORDER_MARK) else value
 
 
 def deterministic_event_id(kind: str, business_id: str) -> str:
@@ -129,7 +187,9 @@ _MODELS: dict[str, type[_Record]] = {"payment": _Payment, "refund": _Refund, "ad
 
 
 def _field_name(error: Mapping[str, Any]) -> str:
-    return ".".join(str(part) for part in error["loc"]) or "record"
+    """The field's path, e.g. metadata.tier; a part longer than SHOWN_CHARS (a huge metadata key) is cut."""
+    parts = [str(part) for part in error["loc"]]
+    return ".".join(part if len(part) <= SHOWN_CHARS else part[:SHOWN_CHARS] + "..." for part in parts) or "record"
 
 
 def _reason(error: Mapping[str, Any]) -> str:
@@ -145,9 +205,20 @@ def _check_rules(model: _Record, limits: IntakeLimits, now: datetime) -> tuple[M
     problems: list[tuple[str, str]] = []
     ids = [name for name in ("payee_id", "payment_id", "refund_id", "adjustment_id") if hasattr(model, name)]
     for name in ids:
-        if not ID_PATTERN.fullmatch(getattr(model, name)):
-            problems.append((name, f"{getattr(model, name)!r} is not a valid id: {ID_RULE}"))
+        value = getattr(model, name)
+        if len(value) > ID_MAX_CHARS:
+            problems.append((name, f"is {len(value)} characters long, at most {ID_MAX_CHARS} allowed"))
+        elif not ID_PATTERN.fullmatch(value):
+            problems.append((name, f"{shown(value)} is not a valid id: {ID_RULE}"))
+    for name, limit in TEXT_MAX_CHARS.items():
+        value = getattr(model, name, "")
+        if len(value) > limit:
+            problems.append((name, f"is {len(value)} characters long, at most {limit} allowed"))
     amount = None
+    if len(model.currency) > CURRENCY_MAX_CHARS:
+        problems.append(("currency", f"unknown currency {shown(model.currency)}: is {len(model.currency)} "
+                                     f"characters long, a currency is a {CURRENCY_MAX_CHARS}-letter ISO 4217 code"))
+        return amount, problems + _unencodable_text(model)  # type: ignore[return-value]
     try:
         code = currency(model.currency)
         amount = Money(model.amount_minor, code)
@@ -190,21 +261,38 @@ def _unencodable_text(model: _Record) -> list[tuple[str, str]]:
     return problems
 
 
-def parse_record(record: Any, limits: IntakeLimits, now: datetime) -> Event:
-    """Validate one input record (a JSON object's fields) and build its unsequenced event."""
+def parse_record(record: Any, limits: IntakeLimits, now: datetime, *, size: int | None = None) -> Event:
+    """Validate one input record (a JSON object's fields) and build its unsequenced event.
+
+    `size` is the record's size in bytes as it arrived (or json_size() where there are no raw bytes):
+    a record too large to read is refused first; the size limit itself is checked last, so a record
+    with an over-long field is refused for that field, the same way at every entrance.
+    """
+    if size is not None:
+        check_readable_size(size)
     if not isinstance(record, Mapping):
         raise IntakeRejected([("record", f"must be a JSON object, got {type(record).__name__}")])
     kind = record.get("type", "payment")
     if not isinstance(kind, str) or kind not in _MODELS:
-        raise IntakeRejected([("type", f"{kind!r} is not one of payment, refund, adjustment")])
+        raise IntakeRejected([("type", f"{shown(kind)} is not one of payment, refund, adjustment")])
     try:
         model = _MODELS[kind].model_validate(dict(record))
     except ValidationError as exc:
-        raise IntakeRejected([(_field_name(error), _reason(error)) for error in exc.errors()]) from None
+        raise IntakeRejected(_bounded([(_field_name(error), _reason(error)) for error in exc.errors()])) from None
     amount, problems = _check_rules(model, limits, now)
     if problems:
-        raise IntakeRejected(problems)
+        raise IntakeRejected(_bounded(problems))
+    too_large = record_size_problem(size) if size is not None else None
+    if too_large:
+        raise IntakeRejected([too_large])
     return _to_event(model, amount, now)
+
+
+def _bounded(problems: list[tuple[str, str]]) -> list[tuple[str, str]]:
+    """At most PROBLEMS_SHOWN problems (a record with 10,000 bad metadata values gets one line, not 10,000)."""
+    if len(problems) <= PROBLEMS_SHOWN:
+        return problems
+    return problems[:PROBLEMS_SHOWN] + [("record", f"{len(problems) - PROBLEMS_SHOWN} more problems not listed")]
 
 
 def _to_event(model: _Record, amount: Money, now: datetime) -> Event:
@@ -244,11 +332,11 @@ def record_of_event(event: Event) -> dict[str, Any]:
     return record
 
 
-def validate_event(event: Event, limits: IntakeLimits, now: datetime) -> Event:
+def validate_event(event: Event, limits: IntakeLimits, now: datetime, *, size: int | None = None) -> Event:
     """Re-validate an intake event that arrived as Avro; returns it with its deterministic event id."""
     if event.envelope.is_sequenced or event.envelope.sequence is not None:
         raise IntakeRejected([("envelope.sequence", "must be empty on intake: the sequencer assigns it")])
-    checked = parse_record(record_of_event(event), limits, now)
+    checked = parse_record(record_of_event(event), limits, now, size=size)
     envelope = checked.envelope
     return Event(
         new_envelope(envelope.event_type, payee_id=envelope.payee_id, occurred_at=envelope.occurred_at,

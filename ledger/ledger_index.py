@@ -51,6 +51,7 @@ class Verdict:
     status: Literal["accept", "duplicate", "reject"]
     reason: str = ""
     existing_event_id: str | None = None
+    waits_for: str | None = None  # a refund of a payment not (yet) recorded: that payment's id
 
 
 @dataclass
@@ -98,7 +99,7 @@ class LedgerIndex:
         amount: Money = event.payload["amount"]
         payment = self._payments.get(payment_id)
         if payment is None:
-            return Verdict("reject", f"refund of unknown payment {payment_id!r}")
+            return Verdict("reject", f"refund of unknown payment {payment_id!r}", waits_for=payment_id)
         if payment.payee_id != event.payee_id:
             return Verdict("reject", f"payment {payment_id!r} belongs to another payee, not {event.payee_id!r}")
         if amount.currency != payment.amount.currency:
@@ -108,6 +109,10 @@ class LedgerIndex:
             return Verdict("reject", f"refund of {amount} is larger than the {payment.remaining} "
                                      f"that remains of payment {payment_id!r}")
         return Verdict("accept")
+
+    def knows_payment(self, payment_id: str) -> bool:
+        """Whether a payment with this id is recorded (a waiting refund can then be judged)."""
+        return payment_id in self._payments
 
     def append(self, event: Event) -> tuple[Event, bytes]:
         """Sequence an accepted event and fold it in; returns the sequenced event and its stored bytes."""

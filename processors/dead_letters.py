@@ -7,6 +7,7 @@ in headers. Its id is its own position in the DLQ topic ("partition:offset"), wh
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Iterator
@@ -20,11 +21,63 @@ SOURCE_OFFSET = "ledger-dlq-source-offset"
 STAGE = "ledger-dlq-stage"
 REJECTED_AT = "ledger-dlq-rejected-at"
 REPLAYED_FROM = "ledger-replayed-from"
+ORIGINAL_SIZE = "ledger-dlq-original-size"  # set only when the original was not kept whole
+ORIGINAL_SHA256 = "ledger-dlq-original-sha256"
+HEADERS_DROPPED = "ledger-dlq-headers-dropped"
 MAX_REASON_BYTES = 2000
+CARRIED_HEADERS_MAX_BYTES = 16_384  # a producer's own headers are kept up to this much
+KEPT_PREFIX_BYTES = 65_536  # of an original too large to keep whole: its first bytes, for a look
+
+
+@dataclass(frozen=True)
+class DeadLetterMessage:
+    """What goes to the dead-letter topic for one refused record."""
+
+    key: bytes | None
+    value: bytes
+    headers: list[tuple[str, bytes]]
+    whole: bool  # False: only a prefix of the original value is kept (with its size and SHA-256)
+
+    @property
+    def size(self) -> int:
+        return (len(self.key or b"") + len(self.value)
+                + sum(len(name) + len(value or b"") for name, value in self.headers))
+
+
+def dead_letter_message(source: Record, stage: str, reason: str, rejected_at: datetime, max_bytes: int,
+                        *, whole: bool = True) -> DeadLetterMessage:
+    """The dead letter of `source`: its original key and value whole when they fit in max_bytes (and
+    `whole` is not turned off after the broker refused them), else a bounded prefix of the value, the
+    original's size and SHA-256, and a reason that says so. Never larger than max_bytes."""
+    key, value = source.key, source.value or b""
+    if key is not None and len(key) > KEPT_PREFIX_BYTES // 4:
+        key = key[:KEPT_PREFIX_BYTES // 4]  # a key that large is itself the problem; keep its start
+    headers = dead_letter_headers(source, stage, reason, rejected_at)
+    message = DeadLetterMessage(key, value, headers, whole=True)
+    if whole and key is source.key and message.size <= max_bytes:
+        return message
+    digest = hashlib.sha256(value).hexdigest()
+    note = (f" [original value of {len(value)} bytes not kept whole: its first {min(len(value), KEPT_PREFIX_BYTES)} "
+            f"bytes are kept, SHA-256 {digest}]")
+    headers = dead_letter_headers(source, stage, reason[:MAX_REASON_BYTES - len(note)] + note, rejected_at) + [
+        (ORIGINAL_SIZE, str(len(value)).encode()), (ORIGINAL_SHA256, digest.encode())]
+    return DeadLetterMessage(key, value[:KEPT_PREFIX_BYTES], headers, whole=False)
 
 
 def dead_letter_headers(source: Record, stage: str, reason: str, rejected_at: datetime) -> list[tuple[str, bytes]]:
-    carried = [(name, value) for name, value in source.headers if not name.startswith("ledger-dlq-")]
+    carried: list[tuple[str, bytes]] = []
+    carried_bytes = dropped = 0
+    for name, value in source.headers:
+        if name.startswith("ledger-dlq-"):
+            continue
+        size = len(name) + len(value or b"")
+        if carried_bytes + size > CARRIED_HEADERS_MAX_BYTES:
+            dropped += 1
+            continue
+        carried.append((name, value))
+        carried_bytes += size
+    if dropped:
+        carried.append((HEADERS_DROPPED, str(dropped).encode()))
     return carried + [
         (REASON, reason.encode()[:MAX_REASON_BYTES]),
         (STAGE, stage.encode()),
@@ -47,6 +100,13 @@ class DeadLetterEntry:
     key: bytes | None
     value: bytes
     replayed_from: str | None
+    original_size: int | None = None  # set when the value is only a prefix of the original
+    original_sha256: str | None = None
+
+    @property
+    def whole(self) -> bool:
+        """Whether `value` is the original value, byte for byte (a replay needs it whole)."""
+        return self.original_size is None
 
     @property
     def source(self) -> tuple[str, int, int]:
@@ -66,6 +126,8 @@ def parse_entry(record: Record) -> DeadLetterEntry:
         key=record.key,
         value=record.value or b"",
         replayed_from=headers.get(REPLAYED_FROM),
+        original_size=int(headers[ORIGINAL_SIZE]) if headers.get(ORIGINAL_SIZE, "").isdigit() else None,
+        original_sha256=headers.get(ORIGINAL_SHA256),
     )
 
 

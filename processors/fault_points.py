@@ -12,6 +12,7 @@ import random
 import signal
 
 _POINTS: dict[str, float] | None = None
+_POISON: bytes | None = None
 
 
 def _points() -> dict[str, float]:
@@ -27,4 +28,14 @@ def _points() -> dict[str, float]:
 def crash_point(name: str) -> None:
     probability = _points().get(name)
     if probability and random.random() < probability:
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+def poison_point(value: bytes | None) -> None:
+    """With LEDGER_FAULT_POISON=<text>, SIGKILL this process whenever it handles a record containing <text>:
+    a record that kills the process every time, as a segfault in a parser would (the poison test)."""
+    global _POISON
+    if _POISON is None:
+        _POISON = os.environ.get("LEDGER_FAULT_POISON", "").encode()
+    if _POISON and value and _POISON in value:
         os.kill(os.getpid(), signal.SIGKILL)

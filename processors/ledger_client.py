@@ -13,7 +13,7 @@ from typing import Any, Callable, Iterable, Mapping
 
 from ledger.codec import EventCodec
 from ledger.events import Event
-from ledger.intake import IntakeLimits, IntakeRejected, parse_record
+from ledger.intake import IntakeLimits, IntakeRejected, json_size, parse_record
 from ledger.money import Money
 from processors.kafka_io import DeliveryFailed, DeliveryTracker, flush_or_raise, make_producer
 from processors.payee_actions import hold_event, schedule_event
@@ -56,8 +56,9 @@ class LedgerClient:
         self.close()
 
     def validate(self, record: Mapping[str, Any]) -> Event:
-        """The event a record would become; raises IntakeRejected naming each bad field."""
-        return parse_record(record, self.limits, self.clock())
+        """The event a record would become; raises IntakeRejected naming each bad field (and the size
+        limits, measured on the record as compact JSON: ledger.intake.json_size)."""
+        return parse_record(record, self.limits, self.clock(), size=json_size(record))
 
     def send(self, event: Event, topic: str | None = None) -> str:
         """Queue a validated event for delivery (see flush); returns its event id."""

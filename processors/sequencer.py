@@ -5,6 +5,12 @@ rebuilt at start from ledger.events itself, and each batch's outputs are flushed
 offsets are committed. A crash at any point then only means reprocessing records after the last
 commit; those already appended are recognised as duplicates by their business id, and those already
 dead-lettered by their source position, so nothing is appended twice and nothing is lost.
+
+Whatever arrives ends chained or dead-lettered, never as a crash (docs/decisions.md §29): a record
+that raises while it is judged is dead-lettered as poison; a dead letter too large for the broker
+keeps a bounded prefix; a refund before its payment waits (processors/waiting_room.py); and after an
+unclean stop the first records are processed one at a time, each marked in PostgreSQL first, so a
+record that kills the process outright is dead-lettered after Settings.sequencer_poison_deaths deaths.
 """
 
 from __future__ import annotations
@@ -19,16 +25,22 @@ from datetime import datetime, timezone
 from typing import Callable
 
 from confluent_kafka import OFFSET_STORED, Consumer, KafkaException, TopicPartition
+from sqlalchemy.exc import SQLAlchemyError
 
 from ledger.codec import EventCodec, UndecodableEvent
 from ledger.events import Event
-from ledger.intake import INTAKE_TYPES, IntakeLimits, IntakeRejected, parse_record, validate_event
-from ledger.ledger_index import LedgerIndex
-from processors.dead_letters import dead_letter_headers, read_dead_letters
-from processors.kafka_io import (
-    CLIENT_LOG, ConsumerLag, DeliveryTracker, Record, flush_or_raise, make_producer, topic_partitions,
+from ledger.intake import (
+    INTAKE_TYPES, RECORD_READ_MAX_BYTES, IntakeLimits, IntakeRejected, check_readable_size, parse_record, shown,
+    strip_byte_order_mark, validate_event,
 )
+from ledger.ledger_index import LedgerIndex
+from processors.dead_letters import read_dead_letters
+from processors.fault_points import crash_point, poison_point
+from processors.kafka_io import CLIENT_LOG, ConsumerLag, DeliveryFailed, Record, topic_partitions
 from processors.ledger_replay import load_index
+from processors.sequencer_outputs import BatchOutputs, make_output_producer
+from processors.sequencer_store import SequencerStore, Waiting
+from processors.waiting_room import WaitingRoom
 from runtime import metrics
 from runtime.logs import log_context
 from runtime.settings import Settings
@@ -48,6 +60,8 @@ class SequencerStats:
     duplicates: int = 0
     dead_lettered: int = 0
     skipped_already_dead: int = 0
+    waiting: int = 0  # refunds that had to wait for their payment (chained or dead-lettered later)
+    poison: int = 0
     batches: int = 0
     rebuilt_events: int = 0
     rebuild_s: float = 0.0
@@ -61,31 +75,59 @@ class Rejected(Exception):
         self.reason = reason
 
 
-def interpret(value: bytes | None, codec: EventCodec, limits: IntakeLimits, now: datetime) -> Event:
-    """Turn one incoming record (Avro event or JSON object) into a validated, unsequenced event."""
+# Errors of the broker or the database, not of the record: they fail the batch (retried after a restart).
+INFRASTRUCTURE_ERRORS = (KafkaException, BufferError, DeliveryFailed, SQLAlchemyError)
+
+
+def interpret(value: bytes | None, codec: EventCodec, limits: IntakeLimits, now: datetime,
+              key: bytes | None = None, *, check_key: bool = False) -> Event:
+    """Turn one incoming record (Avro event or JSON object) into a validated, unsequenced event.
+
+    With check_key, the record's Kafka key must be its payee id: the partitioner places a payee's
+    records by key, so a record keyed otherwise could overtake or be overtaken by that payee's others.
+    """
     if not value:
         raise Rejected("decode", "record has no value")
-    if value.lstrip()[:1] == b"{":
-        try:
-            record = json.loads(value)
-        except (ValueError, UnicodeDecodeError) as exc:
-            raise Rejected("decode", f"not valid JSON: {exc}") from None
-        try:
-            return parse_record(record, limits, now)
-        except IntakeRejected as exc:
-            raise Rejected("validate", str(exc)) from None
     try:
-        event = codec.decode(value)
-    except UndecodableEvent as exc:
-        raise Rejected("decode", f"neither a JSON object nor a readable Avro event: {exc.reason}") from None
-    try:
-        return validate_event(event, limits, now)
+        check_readable_size(len(value))
     except IntakeRejected as exc:
         raise Rejected("validate", str(exc)) from None
+    text = strip_byte_order_mark(value)
+    if text.lstrip()[:1] == b"{":
+        try:
+            record = json.loads(text)
+        except (ValueError, UnicodeDecodeError, RecursionError) as exc:
+            raise Rejected("decode", f"not valid JSON: {str(exc)[:200]}") from None
+        try:
+            event = parse_record(record, limits, now, size=len(value))
+        except IntakeRejected as exc:
+            raise Rejected("validate", str(exc)) from None
+    else:
+        try:
+            decoded = codec.decode(value)
+        except UndecodableEvent as exc:
+            raise Rejected("decode", f"neither a JSON object nor a readable Avro event: {exc.reason}") from None
+        try:
+            event = validate_event(decoded, limits, now, size=len(value))
+        except IntakeRejected as exc:
+            raise Rejected("validate", str(exc)) from None
+    if check_key:
+        _check_key(key, event.payee_id)
+    return event
+
+
+def _check_key(key: bytes | None, payee_id: str) -> None:
+    if key is None:
+        raise Rejected("validate", f"key: missing: key every record by its payee_id ({shown(payee_id)})")
+    if key != payee_id.encode():
+        raise Rejected("validate", f"key: {shown(key.decode('utf-8', 'replace'))} is not the record's payee_id "
+                                   f"{shown(payee_id)}: key every record by its payee_id")
 
 
 def interpret_command(value: bytes | None, codec: EventCodec, now: datetime) -> Event:
     """An internal event from ledger.commands (a close, an outcome, an operator action), checked for chaining."""
+    if value and len(value) > RECORD_READ_MAX_BYTES:
+        raise Rejected("validate", f"record: is {len(value)} bytes, larger than {RECORD_READ_MAX_BYTES}: not read")
     try:
         event = codec.decode(value or b"")
     except UndecodableEvent as exc:
@@ -97,11 +139,17 @@ def interpret_command(value: bytes | None, codec: EventCodec, now: datetime) -> 
     return Event(replace(event.envelope, recorded_at=now), event.payload)
 
 
+
+
+Source = tuple[str, int, int]
+
+
 class Sequencer:
     """One sequencer for all partitions of payments.incoming (see docs/decisions.md §12 for scale-out)."""
 
-    def __init__(self, settings: Settings, bootstrap: str, *, codec: EventCodec | None = None,
-                 clock: Clock = utc_now, log: Callable[[str], None] | None = None) -> None:
+    def __init__(self, settings: Settings, bootstrap: str, *, database_url: str | None = None,
+                 codec: EventCodec | None = None, clock: Clock = utc_now,
+                 log: Callable[[str], None] | None = None) -> None:
         self.settings = settings
         self.bootstrap = bootstrap
         self.codec = codec or EventCodec()
@@ -110,22 +158,33 @@ class Sequencer:
         self.limits = settings.intake_limits()
         self.stats = SequencerStats()
         self.index: LedgerIndex | None = None
-        self._dead_sources: set[tuple[str, int, int]] = set()
-        self._producer = make_producer(bootstrap)
+        self._dead_sources: set[Source] = set()
+        database_url = database_url or settings.database_url
+        if not database_url:
+            raise ValueError("the sequencer needs PostgreSQL (LEDGER_DATABASE_URL or `ledger up`): it keeps "
+                             "refunds waiting for their payment and its run marker there")
+        self.store = SequencerStore(database_url, f"{settings.sequencer_group}:{settings.topic_incoming}")
+        self.waiting = WaitingRoom(settings.sequencer_wait_s, settings.sequencer_wait_max_records)
+        self._producer = make_output_producer(bootstrap)
         self._stop = threading.Event()
+        self._appending = False  # between index.append and its produce: an error there is never the record's
 
     def stop(self) -> None:
         self._stop.set()
 
     def rebuild(self) -> None:
-        """Rebuild state from the truth: ledger.events for ids and chains, ledger.dlq for what was refused."""
+        """Rebuild state from the truth: ledger.events for ids and chains, ledger.dlq for what was refused,
+        PostgreSQL for the refunds still waiting for their payment."""
         started = time.monotonic()
         self.index = load_index(self.bootstrap, self.settings.topic_events, self.codec)
         self._dead_sources = {entry.source for entry in read_dead_letters(self.bootstrap, self.settings.topic_dlq)}
+        self.waiting = WaitingRoom(self.settings.sequencer_wait_s, self.settings.sequencer_wait_max_records)
+        for item in self.store.load_waiting():
+            self.waiting.add(item)
         self.stats.rebuilt_events = len(self.index)
         self.stats.rebuild_s = time.monotonic() - started
-        self.log(f"rebuilt from {self.stats.rebuilt_events} ledger events and {len(self._dead_sources)} "
-                 f"dead letters in {self.stats.rebuild_s:.2f} s")
+        self.log(f"rebuilt from {self.stats.rebuilt_events} ledger events, {len(self._dead_sources)} dead letters "
+                 f"and {len(self.waiting)} waiting refunds in {self.stats.rebuild_s:.2f} s")
 
     def run(self, idle_exit_s: float | None = None, handle_signals: bool = True) -> SequencerStats:
         """Process until stop() (SIGTERM/SIGINT), or until idle for idle_exit_s seconds."""
@@ -134,6 +193,12 @@ class Sequencer:
                 signal.signal(signum, lambda *_: self.stop())
         if self.index is None:
             self.rebuild()
+        marker = self.store.start_run()
+        careful_left = self.settings.sequencer_batch_max if marker.running else 0
+        if marker.running:
+            where = ":".join(map(str, marker.source)) if marker.source else "none"
+            self.log(f"the last run did not stop cleanly: the next {careful_left} records are processed one at a "
+                     f"time (record processed alone when it stopped: {where}, deaths on it: {marker.attempts})")
         consumer = Consumer({
             "bootstrap.servers": self.bootstrap,
             "group.id": self.settings.sequencer_group,
@@ -147,7 +212,9 @@ class Sequencer:
         consumer.assign([TopicPartition(topic, partition, OFFSET_STORED)
                          for topic in topics for partition in topic_partitions(self.bootstrap, topic)])
         last_input = time.monotonic()
+        clean = False
         try:
+            self._process_batch(consumer, [], retry=self._known_payments())  # refunds whose payment came meanwhile
             while not self._stop.is_set():
                 messages = consumer.consume(self.settings.sequencer_batch_max,
                                             self.settings.sequencer_batch_wait_ms / 1000)
@@ -160,71 +227,147 @@ class Sequencer:
                         if message.error().fatal():
                             raise KafkaException(message.error())
                         logger.warning("consumer: %s", message.error().str())  # transient: librdkafka retries
+                while records and careful_left:
+                    record, records = records[0], records[1:]
+                    self._process_alone(consumer, record, marker)
+                    careful_left -= 1
+                    if not careful_left:
+                        self.store.mark_alone(None, 0)
                 if records:
                     self._process_batch(consumer, records)
+                if messages:
                     last_input = time.monotonic()
-                elif idle_exit_s is not None and time.monotonic() - last_input >= idle_exit_s:
+                elif len(self.waiting):
+                    self._process_batch(consumer, [])  # dead-letters the refunds that waited too long
+                if not messages and idle_exit_s is not None and time.monotonic() - last_input >= idle_exit_s:
                     break
+            clean = True
         finally:
             consumer.close()
+            if clean:
+                self.store.stop_run()
+            self.store.close()
         return self.stats
+
+    def _known_payments(self) -> list[Waiting]:
+        assert self.index is not None
+        return [item for payment_id in self.waiting.payments() if self.index.knows_payment(payment_id)
+                for item in self.waiting.take_for(payment_id)]
 
     @staticmethod
     def _record(message) -> Record:  # noqa: ANN001 - confluent_kafka.Message
         return Record(message.topic(), message.partition(), message.offset(), message.key(), message.value(),
                       tuple(message.headers() or ()))
 
-    def _process_batch(self, consumer: Consumer, records: list[Record]) -> None:
-        tracker = DeliveryTracker()
-        produced = 0
+    def _process_alone(self, consumer: Consumer, record: Record, marker) -> None:  # noqa: ANN001 - RunMarker
+        """One record in its own batch, marked first: if it kills the process, the next start knows which."""
+        source = (record.topic, record.partition, record.offset)
+        deaths = marker.attempts if marker.source == source else 0
+        if deaths >= self.settings.sequencer_poison_deaths:
+            self.store.mark_alone(None, 0)
+            outputs = BatchOutputs(self._producer, self.settings.topic_dlq)
+            self.stats.poison += 1
+            self._dead_letter(record, "poison", f"the sequencer died {deaths} times while processing this record "
+                              "alone; it is dead-lettered without being processed again", self.clock(), outputs)
+            outputs.flush()
+            self._commit(consumer, [record])
+            return
+        self.store.mark_alone(source, deaths + 1)
+        self._process_batch(consumer, [record])
+
+    def _process_batch(self, consumer: Consumer, records: list[Record], retry: list[Waiting] = ()) -> None:
+        outputs = BatchOutputs(self._producer, self.settings.topic_dlq)
+        parked: dict[Source, Waiting] = {}
+        done: list[Source] = []  # waiting refunds chained or dead-lettered in this batch
+        for item in retry:
+            self._handle(item.record, outputs, parked, done, waited=True)
         for record in records:
-            produced += self._handle(record, tracker)
-        # Outputs first, then the input position: a crash in between only causes reprocessing.
-        flush_or_raise(self._producer, tracker, produced)
+            self._handle(record, outputs, parked, done)
+        for item in self.waiting.take_expired(self.clock()):
+            self._expire(item, outputs, "it waited longer than LEDGER_SEQUENCER_WAIT_S "
+                                        f"({self.settings.sequencer_wait_s} s)", done)
+        # Outputs first, then the durable waiting list, then the input position: a crash in between only
+        # causes reprocessing (duplicates are dropped, a refund parked twice is one row).
+        crash_point("sequencer_before_flush")
+        outputs.flush()
+        crash_point("sequencer_before_commit")
+        self.store.add_waiting([item for source, item in parked.items() if source not in done])
+        self.store.remove_waiting([source for source in done if source not in parked])
+        if records:
+            self._commit(consumer, records)
+            self.stats.batches += 1
+
+    @staticmethod
+    def _commit(consumer: Consumer, records: list[Record]) -> None:
         positions: dict[tuple[str, int], int] = {}
         for record in records:
             where = (record.topic, record.partition)
             positions[where] = max(positions.get(where, -1), record.offset + 1)
         consumer.commit(offsets=[TopicPartition(topic, partition, offset)
                                  for (topic, partition), offset in positions.items()], asynchronous=False)
-        self.stats.batches += 1
 
-    def _handle(self, record: Record, tracker: DeliveryTracker) -> int:
-        """Route one record; returns how many messages it produced (0 or 1)."""
-        assert self.index is not None
-        if (record.topic, record.partition, record.offset) in self._dead_sources:
-            self.stats.skipped_already_dead += 1
-            return 0
+    def _handle(self, record: Record, outputs: BatchOutputs, parked: dict[Source, Waiting], done: list[Source],
+                waited: bool = False) -> None:
+        """Route one record: chained, dropped as a duplicate, parked to wait for its payment, or dead-lettered."""
+        source = (record.topic, record.partition, record.offset)
+        if not waited and (source in self._dead_sources or source in self.waiting):
+            self.stats.skipped_already_dead += source in self._dead_sources
+            return
         now = self.clock()
+        poison_point(record.value)
         try:
             if record.topic == self.settings.topic_commands:
                 event = interpret_command(record.value, self.codec, now)
             else:
-                event = interpret(record.value, self.codec, self.limits, now)
+                event = interpret(record.value, self.codec, self.limits, now, record.key, check_key=True)
+            envelope = event.envelope
+            with log_context(event_id=envelope.event_id, correlation_id=envelope.correlation_id,
+                             causation_id=envelope.causation_id, payee_id=envelope.payee_id,
+                             payout_id=event.payload.get("payout_id")):
+                self._chain(record, event, now, outputs, parked, done, waited)
         except Rejected as exc:
-            return self._dead_letter(record, exc.stage, exc.reason, now, tracker)
-        envelope = event.envelope
-        with log_context(event_id=envelope.event_id, correlation_id=envelope.correlation_id,
-                         causation_id=envelope.causation_id, payee_id=envelope.payee_id,
-                         payout_id=event.payload.get("payout_id")):
-            return self._chain(record, event, now, tracker)
+            self._settle_waiting(source, waited, done)
+            self._dead_letter(record, exc.stage, exc.reason, now, outputs)
+        except INFRASTRUCTURE_ERRORS:
+            raise
+        except Exception as exc:  # a record that breaks the code must not stop every other payee's payments
+            if self._appending:
+                raise  # the index already holds the event: only a restart (a rebuild) makes it consistent again
+            logger.exception("processing %s:%s:%s raised", *source)
+            self._settle_waiting(source, waited, done)
+            self.stats.poison += 1
+            self._dead_letter(record, "poison", f"processing it raised {type(exc).__name__}: {str(exc)[:500]}",
+                              now, outputs)
 
-    def _chain(self, record: Record, event: Event, now: datetime, tracker: DeliveryTracker) -> int:
+    @staticmethod
+    def _settle_waiting(source: Source, waited: bool, done: list[Source]) -> None:
+        if waited:
+            done.append(source)
+
+    def _chain(self, record: Record, event: Event, now: datetime, outputs: BatchOutputs,
+               parked: dict[Source, Waiting], done: list[Source], waited: bool) -> None:
         assert self.index is not None
+        source = (record.topic, record.partition, record.offset)
         verdict = self.index.verdict(event)
         if verdict.status == "duplicate":
+            self._settle_waiting(source, waited, done)
             self.stats.duplicates += 1
             metrics.DUPLICATES.labels(record.topic).inc()
             logger.debug("%s %s is a duplicate: %s", event.event_type, event.envelope.event_id, verdict.reason)
-            return 0
+            return
         if verdict.status == "reject":
-            return self._dead_letter(record, "ledger", verdict.reason, now, tracker, event.event_type)
+            if verdict.waits_for is not None and not waited:
+                self._park(Waiting(record, verdict.waits_for, now), outputs, parked, done)
+                return
+            self._settle_waiting(source, waited, done)
+            self._dead_letter(record, "ledger", verdict.reason, now, outputs, event.event_type)
+            return
+        self._settle_waiting(source, waited, done)
+        self._appending = True
         sequenced, encoded = self.index.append(event)
-        self._producer.produce(
-            self.settings.topic_events, key=sequenced.payee_id.encode(), value=encoded, on_delivery=tracker,
-            headers=[(SOURCE_HEADER, f"{record.topic}:{record.partition}:{record.offset}".encode())],
-        )
-        self._producer.poll(0)
+        outputs.event(self.settings.topic_events, sequenced.payee_id.encode(), encoded,
+                      [(SOURCE_HEADER, f"{record.topic}:{record.partition}:{record.offset}".encode())])
+        self._appending = False
         self.stats.appended += 1
         metrics.EVENTS_APPENDED.labels(sequenced.event_type).inc()
         if sequenced.event_type == "PayoutRequested":
@@ -232,20 +375,35 @@ class Sequencer:
             metrics.PAYOUTS_REQUESTED.labels(sequenced.payload["payout_method"], net.currency.code).inc()
             metrics.PAYOUT_AMOUNT.labels(net.currency.code, "requested").inc(net.amount_minor)
         logger.debug("chained %s as %s #%d", sequenced.event_type, sequenced.payee_id, sequenced.envelope.sequence)
-        return 1
+        if sequenced.event_type == "PaymentCompleted":
+            for item in self.waiting.take_for(sequenced.payload["payment_id"]):
+                self._handle(item.record, outputs, parked, done, waited=True)
 
-    def _dead_letter(self, record: Record, stage: str, reason: str, now: datetime, tracker: DeliveryTracker,
-                     event_type: str | None = None) -> int:
-        self._producer.produce(self.settings.topic_dlq, key=record.key, value=record.value or b"",
-                               headers=dead_letter_headers(record, stage, reason, now), on_delivery=tracker)
-        self._producer.poll(0)
+    def _park(self, item: Waiting, outputs: BatchOutputs, parked: dict[Source, Waiting], done: list[Source]) -> None:
+        """A refund before its payment: it waits (bounded), and the oldest waiting one may be pushed out."""
+        self.stats.waiting += 1
+        parked[item.source] = item
+        logger.info("refund from %s:%s:%s waits for payment %s", *item.source, shown(item.waits_for))
+        for pushed in self.waiting.add(item):
+            self._expire(pushed, outputs, f"more than LEDGER_SEQUENCER_WAIT_MAX_RECORDS "
+                                          f"({self.settings.sequencer_wait_max_records}) refunds were waiting", done)
+
+    def _expire(self, item: Waiting, outputs: BatchOutputs, why: str, done: list[Source]) -> None:
+        done.append(item.source)
+        reason = (f"refund of unknown payment {shown(item.waits_for)}: {why} and the payment did not arrive; "
+                  "replay it with `ledger dlq replay ID` once the payment is recorded")
+        self._dead_letter(item.record, "ledger", reason, self.clock(), outputs, "PaymentRefunded")
+
+    def _dead_letter(self, record: Record, stage: str, reason: str, now: datetime, outputs: BatchOutputs,
+                     event_type: str | None = None) -> None:
+        message = outputs.dead_letter(record, stage, reason, now)
         self._dead_sources.add((record.topic, record.partition, record.offset))
         self.stats.dead_lettered += 1
         metrics.DEAD_LETTERS.labels(stage).inc()
         self.stats.by_reason[stage] = self.stats.by_reason.get(stage, 0) + 1
         source = f"{record.topic}:{record.partition}:{record.offset}"
+        kept = "" if message.whole else f" (kept {len(message.value)} of {len(record.value or b'')} bytes)"
         # one line per refused input: an operator must see what was refused and why (`ledger dlq list`)
-        logger.warning("dead-lettered %s from %s (%s): %s", event_type or "a record", source, stage, reason,
-                       extra={"stage": stage, "reason": reason, "source": source,
-                              "key": (record.key or b"").decode("utf-8", "replace")})
-        return 1
+        logger.warning("dead-lettered %s from %s (%s): %s%s", event_type or "a record", source, stage, reason[:500],
+                       kept, extra={"stage": stage, "reason": reason[:2000], "source": source,
+                                    "key": (record.key or b"")[:200].decode("utf-8", "replace")})

@@ -66,6 +66,9 @@ class Settings(BaseSettings):
     sequencer_group: str = "ledger-sequencer"
     sequencer_batch_max: int = Field(500, ge=1, le=100_000)
     sequencer_batch_wait_ms: int = Field(50, ge=1, le=10_000)
+    sequencer_wait_s: int = Field(300, ge=1, le=7 * 86_400, description="how long a refund that arrived before its payment waits for it before it is dead-lettered")
+    sequencer_wait_max_records: int = Field(10_000, ge=1, le=1_000_000, description="at most this many refunds wait for their payments; beyond it the oldest is dead-lettered")
+    sequencer_poison_deaths: int = Field(2, ge=1, le=10, description="a record the sequencer died on this many times, processing it alone, is dead-lettered as poison")
 
     # The transfer processor and its providers (docs/decisions.md: transfers).
     retry_delays_s: list[int] = Field([300, 900, 3600], description="delays after attempts 1, 2, 3 that failed retryably (seed 001); then the payout fails")
@@ -94,7 +97,7 @@ class Settings(BaseSettings):
     api_tokens: dict[str, str] = Field(default_factory=dict, description='bearer tokens and their roles, JSON: {"<token>": "operator", "<token>": "read-only"}')
     api_host: str = Field("127.0.0.1", description="where `ledger api` listens")
     api_port: int = Field(8080, ge=1, le=65535)
-    api_body_bytes_max: int = Field(1_048_576, ge=1024, description="largest request body the API reads")
+    api_body_bytes_max: int = Field(4_194_304, ge=1024, description="largest request body the API reads (above the 1 MiB a single record may reach before it is refused unread, so such a record gets the same error as on every other way in)")
     ingest_rate_per_s: float = Field(50.0, gt=0, description="payment ingestion requests per second, per token (burst: ingest_burst)")
     ingest_burst: int = Field(100, ge=1)
     ingest_batch_max: int = Field(500, ge=1, le=10_000, description="most payments in one ingestion request")
@@ -176,13 +179,18 @@ class Settings(BaseSettings):
 
     def topic_specs(self) -> list[TopicSpec]:
         """The topics the ledger needs; ledger.events keeps everything forever (it is the ledger)."""
-        durable = {"cleanup.policy": "delete", "retention.ms": "-1"}
+        from ledger.intake import OUTPUT_MESSAGE_MAX_BYTES, RECORD_READ_MAX_BYTES
+
+        # Inputs take records up to the size the sequencer reads; what it writes (an event, a dead
+        # letter with the original record and its headers) has room for the headers on top.
+        inputs = {"max.message.bytes": str(RECORD_READ_MAX_BYTES)}
+        durable = {"cleanup.policy": "delete", "retention.ms": "-1", "max.message.bytes": str(OUTPUT_MESSAGE_MAX_BYTES)}
         if self.replication_factor >= 3:
             durable["min.insync.replicas"] = "2"
         return [
-            TopicSpec(self.topic_incoming, self.partitions_incoming, {}),
+            TopicSpec(self.topic_incoming, self.partitions_incoming, inputs),
             TopicSpec(self.topic_events, self.partitions_events, durable),
             TopicSpec(self.topic_dlq, self.partitions_dlq, durable),
-            TopicSpec(self.topic_commands, self.partitions_commands, {}),
+            TopicSpec(self.topic_commands, self.partitions_commands, inputs),
             TopicSpec(self.topic_clock, self.partitions_events, {}),
         ]

@@ -88,7 +88,7 @@ def test_refunds_reverse_earnings_within_what_remains(settings):
             refund("r4", "nope", 100),   # unknown payment
             refund("r5", "p1", 100, currency="EUR"),
         ])
-    worker = run_sequencer(settings)
+    worker = run_sequencer(settings.model_copy(update={"sequencer_wait_s": 1}))  # r4 waits 1 s for its payment
     assert worker.stats.appended == 3
     events = ledger_events(settings)
     assert _ids(events) == ["p1", "r1", "r2"]
@@ -96,8 +96,8 @@ def test_refunds_reverse_earnings_within_what_remains(settings):
                Money.zero("USD")) == Money.of(10_000, "USD")
     reasons = [letter.reason for letter in dead_letters(settings)]
     assert "larger than the USD 0.00 that remains" in reasons[0]
-    assert "refund of unknown payment 'nope'" in reasons[1]
-    assert "refund is in EUR but payment 'p1' is in USD" in reasons[2]
+    assert "refund is in EUR but payment 'p1' is in USD" in reasons[1]
+    assert "refund of unknown payment 'nope': it waited longer than LEDGER_SEQUENCER_WAIT_S (1 s)" in reasons[2]
 
 
 def test_a_conflicting_resubmission_is_refused_not_overwritten(settings):
@@ -115,7 +115,7 @@ def test_a_dead_letter_replayed_after_its_cause_is_fixed_is_appended(settings, t
 
     with LedgerClient(settings.kafka_bootstrap, settings) as client:
         client.record_batch([refund("r1", "p1", 500)])  # the payment has not arrived yet
-    run_sequencer(settings)
+    run_sequencer(settings.model_copy(update={"sequencer_wait_s": 1}))  # nor does it within the wait
     (letter,) = dead_letters(settings)
 
     with LedgerClient(settings.kafka_bootstrap, settings) as client:
