@@ -22,7 +22,7 @@ demo: $(STAMP)
 # Two pytest workers (pytest-xdist), each module kept on one worker (module fixtures are built once):
 # the tests mostly wait on processes, the broker and PostgreSQL, so two workers halve the time on 2 cores.
 test: $(STAMP)
-	bash .ci/ensure-chromium
+	bash .ci/ensure-debian-packages
 	$(BIN)/pytest -n 2 --dist loadscope
 
 down: $(STAMP)

@@ -242,12 +242,21 @@ class Sequencer:
                 if not messages and idle_exit_s is not None and time.monotonic() - last_input >= idle_exit_s:
                     break
             clean = True
+        except INFRASTRUCTURE_ERRORS:
+            self._forget_alone()  # the broker or the database failed, not the record being processed
+            raise
         finally:
             consumer.close()
             if clean:
                 self.store.stop_run()
             self.store.close()
         return self.stats
+
+    def _forget_alone(self) -> None:
+        try:
+            self.store.mark_alone(None, 0)
+        except SQLAlchemyError:
+            logger.warning("could not clear the run marker: the database is unreachable")
 
     def _known_payments(self) -> list[Waiting]:
         assert self.index is not None
@@ -288,9 +297,11 @@ class Sequencer:
                                         f"({self.settings.sequencer_wait_s} s)", done)
         # Outputs first, then the durable waiting list, then the input position: a crash in between only
         # causes reprocessing (duplicates are dropped, a refund parked twice is one row).
-        crash_point("sequencer_before_flush")
+        if records:
+            crash_point("sequencer_before_flush")
         outputs.flush()
-        crash_point("sequencer_before_commit")
+        if records:
+            crash_point("sequencer_before_commit")
         self.store.add_waiting([item for source, item in parked.items() if source not in done])
         self.store.remove_waiting([source for source in done if source not in parked])
         if records:
