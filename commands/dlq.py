@@ -5,7 +5,8 @@ from __future__ import annotations
 import click
 from rich.table import Table
 
-from commands.output import console, emit_json
+from commands.output import console, emit_json, fail
+from ledger.intake import OUTPUT_MESSAGE_MAX_BYTES
 from processors.dead_letters import REPLAYED_FROM, find_dead_letter, read_dead_letters
 from processors.kafka_io import DeliveryTracker, flush_or_raise, make_producer
 from runtime.settings import Settings
@@ -40,7 +41,8 @@ def list_dead_letters(limit: int | None, as_json: bool) -> None:
             "id": e.id, "source": f"{e.source_topic}:{e.source_partition}:{e.source_offset}", "stage": e.stage,
             "reason": e.reason, "rejected_at": e.rejected_at, "replayed_from": e.replayed_from,
             "key": e.key.decode(errors="replace") if e.key else None, "value_bytes": len(e.value),
-            "value_hex": e.value.hex(),
+            "value_hex": e.value.hex(), "whole": e.whole, "original_bytes": e.original_size or len(e.value),
+            "original_sha256": e.original_sha256,
         } for e in entries])
         return
     table = Table(title=f"dead letters in {settings.topic_dlq} ({len(entries)})")
@@ -63,13 +65,18 @@ def replay(entry_id: str, as_json: bool) -> None:
     settings = Settings()
     bootstrap, _ = connections(settings)
     entry = find_dead_letter(bootstrap, settings.topic_dlq, entry_id)
-    producer = make_producer(bootstrap)
+    if not entry.whole:
+        fail(f"dead letter {entry.id} keeps only the first {len(entry.value)} of its {entry.original_size} bytes "
+             f"(SHA-256 {entry.original_sha256}): it cannot be replayed; ask its producer to send it again")
+    # back where it came from: a command to ledger.commands, anything else to the intake topic
+    target = settings.topic_commands if entry.source_topic == settings.topic_commands else settings.topic_incoming
+    producer = make_producer(bootstrap, **{"message.max.bytes": OUTPUT_MESSAGE_MAX_BYTES + 65_536})
     tracker = DeliveryTracker()
-    producer.produce(settings.topic_incoming, key=entry.key, value=entry.value, on_delivery=tracker,
+    producer.produce(target, key=entry.key, value=entry.value, on_delivery=tracker,
                      headers=[(REPLAYED_FROM, f"{settings.topic_dlq}:{entry.id}".encode())])
     flush_or_raise(producer, tracker, 1)
     if as_json:
-        emit_json({"replayed": entry.id, "to": settings.topic_incoming, "bytes": len(entry.value)})
+        emit_json({"replayed": entry.id, "to": target, "bytes": len(entry.value)})
     else:
-        console.print(f"replayed dead letter {entry.id} ({len(entry.value)} bytes) to {settings.topic_incoming}; "
+        console.print(f"replayed dead letter {entry.id} ({len(entry.value)} bytes) to {target}; "
                       "the sequencer will judge it afresh")

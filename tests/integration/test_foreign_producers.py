@@ -129,6 +129,9 @@ def test_hostile_records_never_stop_the_sequencer_and_every_valid_payment_is_cha
     assert too_large.value == huge[:len(too_large.value)] and 0 < len(too_large.value) < len(huge)
     wrong_key = next(d for d in dead_letters(settings) if d.key == b"some-other-key")
     assert "key: 'some-other-key' is not the record's payee_id 'barber-2'" in wrong_key.reason
+    refused = subprocess.run([LEDGER, "dlq", "replay", too_large.id], env=env_for(settings, tmp_path),
+                             capture_output=True, text=True, timeout=60)
+    assert refused.returncode == 1 and "cannot be replayed" in refused.stderr
 
 
 def test_a_sequencer_killed_with_a_large_record_in_flight_resumes_past_it(settings, kcat, tmp_path):

@@ -50,8 +50,11 @@ def test_sigkill_at_random_points_neither_doubles_nor_loses(settings, tmp_path):
                 sent_bytes[payment_id] = json.dumps(payment(payment_id, payee_id=f"payee-{rng.randrange(5)}",
                                                             amount_minor=rng.randint(1, 99_999))).encode()
                 batch.append(sent_bytes[payment_id])
-        for payee in range(5):  # keys spread the records over partitions
-            send_raw(settings, batch[payee::5], key=f"payee-{payee}".encode())
+        by_payee: dict[str, list[bytes]] = {}
+        for value in batch:  # each record keyed by its payee (the contract): the keys spread them over partitions
+            by_payee.setdefault(json.loads(value)["payee_id"], []).append(value)
+        for payee_id, values in sorted(by_payee.items()):
+            send_raw(settings, values, key=payee_id.encode())
 
         worker = subprocess.Popen([LEDGER, "sequencer"], env=env, stdout=subprocess.DEVNULL,
                                   stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL)

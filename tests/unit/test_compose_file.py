@@ -212,6 +212,21 @@ def test_the_ledger_creates_its_topics_with_rf_three_and_min_isr_two(monkeypatch
     assert specs[settings.topic_events].config["retention.ms"] == "-1"
 
 
+def test_record_sizes_are_set_together_on_brokers_topics_and_clients(monkeypatch: pytest.MonkeyPatch) -> None:
+    from ledger.intake import OUTPUT_MESSAGE_MAX_BYTES, RECORD_READ_MAX_BYTES
+
+    settings = settings_of(SERVICES["init"], monkeypatch)
+    specs = {spec.name: spec for spec in settings.topic_specs()}
+    for topic in (settings.topic_incoming, settings.topic_commands):
+        assert int(specs[topic].config["max.message.bytes"]) == RECORD_READ_MAX_BYTES
+    for topic in (settings.topic_events, settings.topic_dlq):  # a dead letter of the largest input fits whole
+        assert int(specs[topic].config["max.message.bytes"]) == OUTPUT_MESSAGE_MAX_BYTES > RECORD_READ_MAX_BYTES
+    for name in ("kafka-1", "kafka-2", "kafka-3"):
+        env = SERVICES[name]["environment"]
+        assert int(env["KAFKA_MESSAGE_MAX_BYTES"]) == OUTPUT_MESSAGE_MAX_BYTES, name
+        assert int(env["KAFKA_REPLICA_FETCH_MAX_BYTES"]) >= OUTPUT_MESSAGE_MAX_BYTES, name
+
+
 # --- the ledger's services -------------------------------------------------------------------------
 
 def test_every_ledger_service_runs_a_real_subcommand_with_real_options() -> None:
