@@ -7,11 +7,15 @@ import sys
 import click
 from rich.table import Table
 
-from commands.output import console, emit_json
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
+
+from commands.output import console, emit_json, errors, fail
 from runtime import stack
 from runtime.settings import Settings
 
 EXIT_NOT_RUNNING = 3  # like LSB `status`: 0 running, 3 not running
+PHASES = {"input": "inputs not yet sequenced", "dead_letter": "dead letters not yet projected",
+          "events": "events not yet archived"}
 
 
 @click.command(short_help="Start the embedded broker and PostgreSQL (topics, migrations).")
@@ -35,15 +39,35 @@ def up(as_json: bool) -> None:
     console.print("Stop it with `ledger down`.")
 
 
-@click.command(short_help="Stop the embedded broker and PostgreSQL.")
-@click.option("--json", "as_json", is_flag=True, help="Print what was stopped as JSON.")
-def down(as_json: bool) -> None:
-    """Stop the embedded broker and PostgreSQL started by `ledger up` (database files are kept)."""
+@click.command(short_help="Save what only the embedded broker holds, then stop it and PostgreSQL.")
+@click.option("--discard", is_flag=True, help="Stop without saving: throw away inputs not yet sequenced, dead "
+              "letters not yet projected and events not yet archived.")
+@click.option("--json", "as_json", is_flag=True, help='{"stopped": [...], "preserved": {"inputs": N, ...}}')
+def down(discard: bool, as_json: bool) -> None:
+    """Stop the embedded broker and PostgreSQL started by `ledger up` (database files are kept).
+
+    The embedded broker keeps its topics in memory, so first the records that exist only there are
+    saved to PostgreSQL (`ledger up` puts them back). If that fails, nothing is stopped (exit 1)."""
     settings = Settings()
-    stopped = stack.down(settings, (lambda _: None) if as_json else (lambda line: console.print(f"  {line}")))
+    report = (lambda _: None) if as_json else (lambda line: console.print(f"  {line}", highlight=False))
+    with Progress(TextColumn("saving {task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                  console=errors, disable=as_json, transient=True) as bar:
+        tasks: dict[str, TaskID] = {}
+
+        def progress(phase: str, done: int, total: int) -> None:
+            if phase not in tasks:
+                tasks[phase] = bar.add_task(PHASES.get(phase, phase), total=max(total, done))
+            bar.update(tasks[phase], completed=done, total=max(total, done))
+
+        try:
+            result = stack.down(settings, report, discard=discard, progress=progress)
+        except stack.WouldLoseRecords as exc:
+            bar.stop()
+            fail(str(exc))
+    preserved = result.preserved.as_dict() if result.preserved else None
     if as_json:
-        emit_json({"stopped": stopped})
-    elif not stopped:
+        emit_json({"stopped": result.stopped, "preserved": preserved, "discarded": discard})
+    elif not result.stopped:
         console.print("nothing was running")
 
 
@@ -66,6 +90,13 @@ def status(as_json: bool) -> None:
         console.print(table)
         if postgres["revision"]:
             console.print(f"database migrated to revision {postgres['revision']}")
+        if report["at_risk"] is not None:
+            risk = report["at_risk"]
+            console.print(f"at risk if the embedded broker crashed now: {risk['events_not_archived']} events not "
+                          f"archived, {risk['inputs_not_sequenced']} inputs not sequenced, "
+                          f"{risk['dead_letters_not_projected']} dead letters not projected"
+                          + (" (run `ledger projector` and `ledger sequencer` to shrink it)"
+                             if any(v != 0 for v in risk.values()) else ""), highlight=False)
     if not report["running"]:
         sys.exit(EXIT_NOT_RUNNING)
 

@@ -19,8 +19,12 @@ from typing import Callable, Iterator
 from runtime import embedded_broker, embedded_postgres
 from runtime.database import current_revision, database_answers, run_migrations
 from runtime.kafka_admin import ensure_topics
-from runtime.processes import stop_pid
+from processors.kafka_io import DeliveryFailed
+from processors.log_end import end_offsets
+from runtime.preserve import FAILURES, CannotPreserve, Preserved, at_risk, preserve
+from runtime.processes import pid_is_alive, stop_pid
 from runtime.settings import Settings
+from runtime.tails import Progress
 
 Report = Callable[[str], None]
 
@@ -37,6 +41,10 @@ class StackState:
     postgres_pgdata: str | None = None  # None: external database
     postgres_pid: int | None = None
     started_at: str = field(default_factory=lambda: datetime.now(timezone.utc).isoformat())
+    broker_run: str | None = None  # this run of the embedded broker (its topics live and die with it)
+
+    def broker_identity(self) -> str:
+        return self.broker_run or f"pid {self.broker_pid} up since {self.started_at}"
 
 
 def _state_path(settings: Settings) -> Path:
@@ -95,15 +103,17 @@ def up(settings: Settings, report: Report = lambda _: None) -> tuple[StackState,
             _prepare(settings, previous, report)  # idempotent: catches settings that no longer match
             return previous, True
 
+        broker_run = None
         if settings.kafka_bootstrap:
             bootstrap, broker_pid = settings.kafka_bootstrap, None
             report(f"broker: using {bootstrap} (LEDGER_KAFKA_BOOTSTRAP)")
         elif broker_ok and previous:
-            bootstrap, broker_pid = previous.kafka_bootstrap, previous.broker_pid
+            bootstrap, broker_pid, broker_run = previous.kafka_bootstrap, previous.broker_pid, previous.broker_run
         else:
             report("broker: starting embedded Tansu")
             handle = embedded_broker.start_broker(settings.data_dir, settings.embedded_kafka_port)
             bootstrap, broker_pid = handle.bootstrap, handle.pid
+            broker_run = f"pid {handle.pid} started {datetime.now(timezone.utc).isoformat()}"
 
         if settings.database_url:
             database_url, pgdata, postgres_pid = settings.database_url, None, None
@@ -117,7 +127,7 @@ def up(settings: Settings, report: Report = lambda _: None) -> tuple[StackState,
             )
             database_url, pgdata, postgres_pid = pg.url(settings.embedded_database), str(pg.pgdata), pg.pid
 
-        state = StackState(bootstrap, database_url, broker_pid, pgdata, postgres_pid)
+        state = StackState(bootstrap, database_url, broker_pid, pgdata, postgres_pid, broker_run=broker_run)
         _write_state(settings, state)
         _prepare(settings, state, report)
         return state, False
@@ -129,18 +139,37 @@ def _prepare(settings: Settings, state: StackState, report: Report) -> None:
     report(f"topics: {'created ' + ', '.join(created) if created else 'all present'}")
     revision = run_migrations(state.database_url)
     report(f"database: migrated to revision {revision}")
-    from runtime.restore import restore_if_empty
+    from runtime.restore import restore_all
 
-    restore_if_empty(settings, state.kafka_bootstrap, state.database_url, report)
+    restore_all(settings, state.kafka_bootstrap, state.database_url, report)
 
 
-def down(settings: Settings, report: Report = lambda _: None) -> list[str]:
-    """Stop the embedded services this data dir started; returns what was stopped."""
+class WouldLoseRecords(RuntimeError):
+    """`ledger down` could not save what only the embedded broker holds, so it stopped nothing."""
+
+
+@dataclass
+class DownResult:
+    stopped: list[str]
+    preserved: Preserved | None  # None: nothing to save (external or dead broker), or --discard
+
+
+def down(settings: Settings, report: Report = lambda _: None, *, discard: bool = False,
+         progress: Progress = lambda *_: None) -> DownResult:
+    """Save what only the embedded broker holds (unless `discard`), then stop the embedded services this
+    data dir started. Raises WouldLoseRecords, stopping nothing, when the save fails."""
     with _exclusive(settings):
         state = read_state(settings)
         stopped: list[str] = []
         if state is None:
-            return stopped
+            return DownResult(stopped, None)
+        preserved = None
+        if state.broker_pid and pid_is_alive(state.broker_pid) and not discard:
+            preserved = _preserve_or_refuse(settings, state, progress)
+            report(f"saved to PostgreSQL: {preserved.inputs} inputs not yet sequenced, {preserved.dead_letters} "
+                   f"dead letters not yet projected, {preserved.events_archived} events archived")
+        elif state.broker_pid and discard:
+            report("--discard: what only the broker held is thrown away")
         if state.broker_pid and stop_pid(state.broker_pid):
             stopped.append("broker")
             report("broker: stopped")
@@ -148,7 +177,34 @@ def down(settings: Settings, report: Report = lambda _: None) -> list[str]:
             stopped.append("postgres")
             report("database: stopped (data kept in the data dir)")
         _state_path(settings).unlink(missing_ok=True)
-        return stopped
+        return DownResult(stopped, preserved)
+
+
+def _preserve_or_refuse(settings: Settings, state: StackState, progress: Progress) -> Preserved:
+    try:
+        return preserve(settings, state.kafka_bootstrap, state.database_url, state.broker_identity(), progress)
+    except (*FAILURES, CannotPreserve, DeliveryFailed) as exc:
+        reason = " ".join(str(exc).split("\n")[0].split()) or type(exc).__name__  # one line: no driver details
+        if _broker_is_empty(state.kafka_bootstrap, settings):
+            return Preserved(0, 0, 0)  # nothing to lose: stopping is safe whatever failed
+        risk = at_risk(settings, state.kafka_bootstrap, state.database_url, timeout_s=5)
+        raise WouldLoseRecords(
+            f"not stopping anything: could not save to PostgreSQL what only the embedded broker holds, because "
+            f"{reason}; stopping it would lose {_describe(risk)}. Fix that and run `ledger down` again, or run "
+            "`ledger down --discard` to stop anyway and throw them away") from None
+
+
+def _broker_is_empty(bootstrap: str, settings: Settings) -> bool:
+    try:
+        return all(sum(end_offsets(bootstrap, topic).values()) == 0 for topic in (
+            settings.topic_incoming, settings.topic_commands, settings.topic_dlq, settings.topic_events))
+    except (*FAILURES, CannotPreserve):
+        return False
+
+
+def _describe(risk: dict[str, int | str]) -> str:
+    return (f"{risk['inputs_not_sequenced']} inputs not yet sequenced, {risk['dead_letters_not_projected']} dead "
+            f"letters not yet projected and {risk['events_not_archived']} events not yet archived")
 
 
 def status(settings: Settings) -> dict[str, object]:
@@ -179,6 +235,9 @@ def status(settings: Settings) -> dict[str, object]:
             "revision": current_revision(database_url) if postgres_up and database_url else None,
         },
         "started_at": state.started_at if state else None,
+        # what a crash of the embedded broker would lose now; nothing with an external (durable) broker
+        "at_risk": at_risk(settings, bootstrap if broker_up else None, database_url if postgres_up else None)
+        if broker_embedded else None,
     }
 
 

@@ -15,6 +15,7 @@ import sqlalchemy
 from runtime.database import make_engine
 from ledger.codec import EventCodec
 from tests.integration.cli_env import LEDGER, clean_env, env_for
+from tests.integration.test_migrations import migrations_head
 from runtime.kafka_admin import topic_partition_counts
 from runtime.processes import free_port, pid_is_alive, wait_until
 
@@ -60,7 +61,7 @@ def test_embedded_stack_lifecycle(embedded_env):
     status = run_json(embedded_env, "status")
     assert status["running"] is True
     assert status["broker"]["embedded"] and status["postgres"]["embedded"]
-    assert status["postgres"]["revision"] == "0006"
+    assert status["postgres"]["revision"] == migrations_head()
     assert {"payments.incoming", "ledger.events", "ledger.dlq"} <= set(topic_partition_counts(first["kafka_bootstrap"]))
 
     again = run(embedded_env, "up")
