@@ -67,8 +67,11 @@ def down(discard: bool, as_json: bool) -> None:
     preserved = result.preserved.as_dict() if result.preserved else None
     if as_json:
         emit_json({"stopped": result.stopped, "preserved": preserved, "discarded": discard})
-    elif not result.stopped:
+    elif not result.stopped and not result.not_stopped:
         console.print("nothing was running")
+    if result.not_stopped:
+        fail(f"could not stop {' and '.join(result.not_stopped)} (see its log in {settings.data_dir.resolve()}); "
+             "run `ledger down` again")
 
 
 @click.command(short_help="Show what runs: broker, database, addresses, pids.")

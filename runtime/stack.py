@@ -11,7 +11,7 @@ import fcntl
 import json
 import os
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Callable, Iterator
@@ -152,6 +152,7 @@ class WouldLoseRecords(RuntimeError):
 class DownResult:
     stopped: list[str]
     preserved: Preserved | None  # None: nothing to save (external or dead broker), or --discard
+    not_stopped: list[str] = field(default_factory=list)  # ours, but still running after the attempt
 
 
 def down(settings: Settings, report: Report = lambda _: None, *, discard: bool = False,
@@ -170,14 +171,22 @@ def down(settings: Settings, report: Report = lambda _: None, *, discard: bool =
                    f"dead letters not yet projected, {preserved.events_archived} events archived")
         elif state.broker_pid and discard:
             report("--discard: what only the broker held is thrown away")
-        if state.broker_pid and stop_pid(state.broker_pid):
+        broker_stopped = bool(state.broker_pid) and stop_pid(state.broker_pid)
+        if broker_stopped:
             stopped.append("broker")
             report("broker: stopped")
-        if state.postgres_pgdata and embedded_postgres.stop_postgres(Path(state.postgres_pgdata)):
+        postgres_stopped = bool(state.postgres_pgdata) and embedded_postgres.stop_postgres(Path(state.postgres_pgdata))
+        if postgres_stopped:
             stopped.append("postgres")
             report("database: stopped (data kept in the data dir)")
-        _state_path(settings).unlink(missing_ok=True)
-        return DownResult(stopped, preserved)
+        failed = [name for name, ours, done in (("broker", state.broker_pid, broker_stopped),
+                                                 ("postgres", state.postgres_pgdata, postgres_stopped)) if ours and not done]
+        if failed:  # keep the state of what still runs, so that `ledger down` again can stop it
+            _write_state(settings, replace(state, broker_pid=None if broker_stopped else state.broker_pid,
+                                           broker_run=None if broker_stopped else state.broker_run))
+        else:
+            _state_path(settings).unlink(missing_ok=True)
+        return DownResult(stopped, preserved, failed)
 
 
 def _preserve_or_refuse(settings: Settings, state: StackState, progress: Progress) -> Preserved:
