@@ -321,9 +321,11 @@ class Sequencer:
                 waited: bool = False) -> None:
         """Route one record: chained, dropped as a duplicate, parked to wait for its payment, or dead-lettered."""
         source = (record.topic, record.partition, record.offset)
-        if not waited and (source in self._dead_sources or source in self.waiting):
-            self.stats.skipped_already_dead += source in self._dead_sources
+        if not waited and source in self._dead_sources:
+            self.stats.skipped_already_dead += 1
             return
+        if not waited and self.waiting.holds(source, record.value):
+            return  # parked before a crash that came before its commit: it waits already
         now = self.clock()
         poison_point(record.value)
         try:

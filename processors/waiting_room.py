@@ -29,8 +29,11 @@ class WaitingRoom:
     def __len__(self) -> int:
         return len(self._by_source)
 
-    def __contains__(self, source: object) -> bool:
-        return source in self._by_source
+    def holds(self, source: Source, value: bytes | None) -> bool:
+        """Whether this very record waits: same position and same bytes (after a broker restore the
+        topics number from 0 again, so a position alone may name another record)."""
+        item = self._by_source.get(source)
+        return item is not None and item.record.value == value
 
     def add(self, item: Waiting) -> list[Waiting]:
         """Let `item` wait; returns the oldest ones pushed out by the count limit (to be dead-lettered)."""

@@ -70,6 +70,14 @@ def forget_old_broker(settings: Settings, connection: sqlalchemy.Connection, sta
     connection.execute(sqlalchemy.text(
         "UPDATE dead_letters SET dlq_id = :prefix || dlq_id WHERE dlq_id NOT LIKE 'before-restore-%'"),
         {"prefix": f"{PREFIX}{stamp}:"})
+    # The sequencer's refunds waiting for their payment keep their records in PostgreSQL; their source
+    # positions are in the old topics, so they are renamed like the dead letters' (the sequencer also
+    # compares the bytes). A record the old run was processing alone is no longer in any topic.
+    connection.execute(sqlalchemy.text(
+        "UPDATE sequencer_waiting SET source_topic = :prefix || source_topic "
+        "WHERE source_topic NOT LIKE 'before-restore-%'"), {"prefix": f"{PREFIX}{stamp}:"})
+    connection.execute(sqlalchemy.text(
+        "UPDATE sequencer_runs SET topic = NULL, partition = NULL, \"offset\" = NULL, attempts = 0"))
 
 
 def restore_if_empty(settings: Settings, bootstrap: str, database_url: str, report: Report = lambda _: None,

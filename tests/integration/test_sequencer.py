@@ -202,3 +202,34 @@ def test_internal_commands_are_chained_once_and_intake_types_are_refused_there(s
     (letter,) = dead_letters(settings)
     assert letter.source_topic == settings.topic_commands
     assert "PaymentCompleted must be submitted on the intake topic" in letter.reason
+
+
+def test_a_refund_waits_for_its_payment_then_is_chained_after_it(settings):
+    with LedgerClient(settings.kafka_bootstrap, settings) as client:
+        client.record_batch([refund("r1", "p1", 500)])
+    waited = run_sequencer(settings)
+    assert waited.stats.waiting == 1 and ledger_events(settings) == [] and dead_letters(settings) == []
+    with LedgerClient(settings.kafka_bootstrap, settings) as client:
+        client.record_batch([payment("p1", amount_minor=1000)])
+    run_sequencer(settings)  # a new process: the refund's wait survived the restart (PostgreSQL)
+    assert _ids(ledger_events(settings)) == ["p1", "r1"] and dead_letters(settings) == []
+
+
+def test_a_waiting_refunds_old_position_does_not_hide_a_new_record_there(settings):
+    """After a broker restore the topics number from 0 again: a waiting refund's source position may then
+    name a new record, which must not be skipped as 'already waiting'."""
+    import sqlalchemy
+
+    from runtime.database import make_engine
+
+    with LedgerClient(settings.kafka_bootstrap, settings) as client:
+        client.record_batch([refund("r1", "p-never", 500)])
+    run_sequencer(settings)
+    engine = make_engine(settings.database_url)
+    with engine.begin() as connection:  # pretend it waited at the position the next record will take
+        connection.execute(sqlalchemy.text("UPDATE sequencer_waiting SET source_offset = source_offset + 1"))
+    engine.dispose()
+    with LedgerClient(settings.kafka_bootstrap, settings) as client:
+        client.record_batch([payment("p2", amount_minor=1000)])  # same payee, same partition, next offset
+    run_sequencer(settings)
+    assert _ids(ledger_events(settings)) == ["p2"]
