@@ -15,29 +15,26 @@ record that kills the process outright is dead-lettered after Settings.sequencer
 
 from __future__ import annotations
 
-import json
 import logging
 import signal
 import threading
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Callable
 
 from confluent_kafka import OFFSET_STORED, Consumer, KafkaException, TopicPartition
 from sqlalchemy.exc import SQLAlchemyError
 
-from ledger.codec import EventCodec, UndecodableEvent
+from ledger.codec import EventCodec
 from ledger.events import Event
-from ledger.intake import (
-    INTAKE_TYPES, RECORD_READ_MAX_BYTES, IntakeLimits, IntakeRejected, check_readable_size, parse_record, shown,
-    strip_byte_order_mark, validate_event,
-)
+from ledger.intake import shown
 from ledger.ledger_index import LedgerIndex
 from processors.dead_letters import read_dead_letters
 from processors.fault_points import crash_point, poison_point
 from processors.kafka_io import CLIENT_LOG, ConsumerLag, DeliveryFailed, Record, topic_partitions
 from processors.ledger_replay import load_index
+from processors.sequencer_input import Rejected, interpret, interpret_command
 from processors.sequencer_outputs import BatchOutputs, make_output_producer
 from processors.sequencer_store import SequencerStore, Waiting
 from processors.waiting_room import WaitingRoom
@@ -68,77 +65,8 @@ class SequencerStats:
     by_reason: dict[str, int] = field(default_factory=dict)
 
 
-class Rejected(Exception):
-    def __init__(self, stage: str, reason: str) -> None:
-        super().__init__(reason)
-        self.stage = stage
-        self.reason = reason
-
-
 # Errors of the broker or the database, not of the record: they fail the batch (retried after a restart).
 INFRASTRUCTURE_ERRORS = (KafkaException, BufferError, DeliveryFailed, SQLAlchemyError)
-
-
-def interpret(value: bytes | None, codec: EventCodec, limits: IntakeLimits, now: datetime,
-              key: bytes | None = None, *, check_key: bool = False) -> Event:
-    """Turn one incoming record (Avro event or JSON object) into a validated, unsequenced event.
-
-    With check_key, the record's Kafka key must be its payee id: the partitioner places a payee's
-    records by key, so a record keyed otherwise could overtake or be overtaken by that payee's others.
-    """
-    if not value:
-        raise Rejected("decode", "record has no value")
-    try:
-        check_readable_size(len(value))
-    except IntakeRejected as exc:
-        raise Rejected("validate", str(exc)) from None
-    text = strip_byte_order_mark(value)
-    if text.lstrip()[:1] == b"{":
-        try:
-            record = json.loads(text)
-        except (ValueError, UnicodeDecodeError, RecursionError) as exc:
-            raise Rejected("decode", f"not valid JSON: {str(exc)[:200]}") from None
-        try:
-            event = parse_record(record, limits, now, size=len(value))
-        except IntakeRejected as exc:
-            raise Rejected("validate", str(exc)) from None
-    else:
-        try:
-            decoded = codec.decode(value)
-        except UndecodableEvent as exc:
-            raise Rejected("decode", f"neither a JSON object nor a readable Avro event: {exc.reason}") from None
-        try:
-            event = validate_event(decoded, limits, now, size=len(value))
-        except IntakeRejected as exc:
-            raise Rejected("validate", str(exc)) from None
-    if check_key:
-        _check_key(key, event.payee_id)
-    return event
-
-
-def _check_key(key: bytes | None, payee_id: str) -> None:
-    if key is None:
-        raise Rejected("validate", f"key: missing: key every record by its payee_id ({shown(payee_id)})")
-    if key != payee_id.encode():
-        raise Rejected("validate", f"key: {shown(key.decode('utf-8', 'replace'))} is not the record's payee_id "
-                                   f"{shown(payee_id)}: key every record by its payee_id")
-
-
-def interpret_command(value: bytes | None, codec: EventCodec, now: datetime) -> Event:
-    """An internal event from ledger.commands (a close, an outcome, an operator action), checked for chaining."""
-    if value and len(value) > RECORD_READ_MAX_BYTES:
-        raise Rejected("validate", f"record: is {len(value)} bytes, larger than {RECORD_READ_MAX_BYTES}: not read")
-    try:
-        event = codec.decode(value or b"")
-    except UndecodableEvent as exc:
-        raise Rejected("decode", f"not a readable Avro event: {exc.reason}") from None
-    if event.event_type in INTAKE_TYPES.values():
-        raise Rejected("validate", f"{event.event_type} must be submitted on the intake topic, not as a command")
-    if event.envelope.sequence is not None or event.envelope.previous_hash is not None:
-        raise Rejected("validate", "envelope.sequence: must be empty on a command: the sequencer assigns it")
-    return Event(replace(event.envelope, recorded_at=now), event.payload)
-
-
 
 
 Source = tuple[str, int, int]

@@ -13,7 +13,7 @@ from ledger.intake import (
 )
 from processors.dead_letters import KEPT_PREFIX_BYTES, ORIGINAL_SHA256, ORIGINAL_SIZE, dead_letter_message, parse_entry
 from processors.kafka_io import Record
-from processors.sequencer import Rejected, interpret
+from processors.sequencer_input import Rejected, interpret
 from processors.sequencer_store import Waiting
 from processors.waiting_room import WaitingRoom
 from ledger.codec import EventCodec
