@@ -4,7 +4,6 @@ subprocesses, on an embedded stack of the test's own (real Tansu, real PostgreSQ
 from __future__ import annotations
 
 import json
-import subprocess
 from collections import Counter
 from pathlib import Path
 
@@ -16,33 +15,20 @@ from processors.dead_letters import read_dead_letters
 from processors.kafka_io import DeliveryTracker, flush_or_raise, make_producer, read_topic
 from runtime.database import make_engine
 from runtime.embedded_postgres import stop_postgres
-from runtime.processes import free_port, pid_is_alive, wait_until
-from tests.integration.cli_env import LEDGER, clean_env
+from runtime.processes import pid_is_alive, wait_until
+from tests.integration.cli_env import embedded_stack_env, run_ledger, run_ledger_json
 from tests.integration.sequencing_helpers import PAST, chain_breaks
 
 INCOMING, COMMANDS, EVENTS, DLQ = "payments.incoming", "ledger.commands", "ledger.events", "ledger.dlq"
 
 
-def run(env: dict[str, str], *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-    result = subprocess.run([LEDGER, *args], env=env, capture_output=True, text=True, timeout=180,
-                            stdin=subprocess.DEVNULL)
-    if check and result.returncode != 0:
-        raise AssertionError(f"ledger {' '.join(args)} exited {result.returncode}:\n{result.stdout}\n{result.stderr}")
-    return result
-
-
-def run_json(env: dict[str, str], *args: str) -> dict:
-    return json.loads(run(env, *args, "--json").stdout)
+run, run_json = run_ledger, run_ledger_json
 
 
 @pytest.fixture
 def embedded_env(tmp_path: Path):
     """Environment for an embedded stack of this test's own, in a data dir of its own."""
-    env = clean_env(
-        LEDGER_DATA_DIR=str(tmp_path / "data"),
-        LEDGER_EMBEDDED_KAFKA_PORT=str(free_port()),
-        LEDGER_EMBEDDED_POSTGRES_PORT=str(free_port()),
-    )
+    env = embedded_stack_env(tmp_path / "data")
     yield env
     run(env, "down", "--discard", check=False)
 

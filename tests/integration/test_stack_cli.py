@@ -14,36 +14,23 @@ import sqlalchemy
 
 from runtime.database import make_engine
 from ledger.codec import EventCodec
-from tests.integration.cli_env import LEDGER, clean_env, env_for
+from tests.integration.cli_env import LEDGER, embedded_stack_env, env_for, run_ledger, run_ledger_json
 from tests.integration.test_migrations import migrations_head
 from runtime.kafka_admin import topic_partition_counts
-from runtime.processes import free_port, pid_is_alive, wait_until
+from runtime.processes import pid_is_alive, wait_until
 
 EXIT_NOT_RUNNING = 3
 
 
-def run(env: dict[str, str], *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-    result = subprocess.run([LEDGER, *args], env=env, capture_output=True, text=True, timeout=120,
-                            stdin=subprocess.DEVNULL)
-    if check and result.returncode != 0:
-        raise AssertionError(f"ledger {' '.join(args)} exited {result.returncode}:\n{result.stdout}\n{result.stderr}")
-    return result
-
-
-def run_json(env: dict[str, str], *args: str) -> dict:
-    return json.loads(run(env, *args, "--json").stdout)
+run, run_json = run_ledger, run_ledger_json
 
 
 @pytest.fixture
 def embedded_env(tmp_path: Path):
     """Environment for an embedded stack of this test's own, in a data dir of its own."""
-    env = clean_env(
-        LEDGER_DATA_DIR=str(tmp_path / "data"),
-        LEDGER_EMBEDDED_KAFKA_PORT=str(free_port()),
-        LEDGER_EMBEDDED_POSTGRES_PORT=str(free_port()),
-    )
+    env = embedded_stack_env(tmp_path / "data")
     yield env
-    run(env, "down", check=False)
+    run(env, "down", "--discard", check=False)  # a teardown: throw away what a test left
 
 
 def test_help_lists_every_command_with_a_description():
