@@ -66,7 +66,7 @@ class ScheduleBody(Strict):
 
 
 class RunBody(Strict):
-    """Seed 002's cron endpoint body."""
+    """The cron endpoint's body."""
 
     dryRun: bool = Field(False, description="decide and report; request nothing")
     forceRun: bool = Field(False, description="also pay every balance that reaches the minimum now, whatever the schedule")

@@ -1,4 +1,4 @@
-"""/v1 schedules, payout runs (seed 002's cron endpoint), the emergency stop, alerts and monitoring."""
+"""/v1 schedules, payout runs (the cron endpoint), the emergency stop, alerts and monitoring."""
 
 from __future__ import annotations
 
@@ -53,7 +53,7 @@ def set_schedule(body: ScheduleBody, payee_id: str = PathId(), wait_s: float = Q
     return verdict_response(ctx.operations.submit(event, wait_s))
 
 
-@router.post("/payout-runs", summary="Run payouts now (seed 002's cron endpoint: dryRun, forceRun)")
+@router.post("/payout-runs", summary="Run payouts now (the cron endpoint: dryRun, forceRun)")
 def trigger_run(body: RunBody, ctx: ApiContext = Depends(context), who: Principal = Depends(operator)) -> dict[str, Any]:
     at = body.at.astimezone(timezone.utc) if body.at and body.at.tzinfo else None
     if body.at is not None and at is None:
@@ -115,7 +115,7 @@ def resolve(body: AlertActionBody, alert_id: int = PathInt(), ctx: ApiContext = 
     return _alert_action("resolve", alert_id, body.actor or who.name, ctx)
 
 
-@router.get("/monitoring", summary="Seed 002's monitoring dashboard data")
+@router.get("/monitoring", summary="The monitoring dashboard's data")
 def monitoring(ctx: ApiContext = Depends(context), _: Principal = Depends(reader)) -> dict[str, Any]:
     from processors.alert_measurements import health_summary
 

@@ -1,5 +1,5 @@
 """Benchmark (not a test): every throughput figure of the ledger in ONE run, each also as a ratio to the raw
-broker read rate measured in the same run (ARCHITECTURE.md), so figures stay comparable on noisy machines.
+broker read rate measured in the same run, so figures stay comparable on noisy machines.
 
     .venv/bin/python bench/run_all.py [--payments N] [--payouts N] [--json]
 

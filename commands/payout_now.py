@@ -1,4 +1,4 @@
-"""`ledger payout now PAYEE`: an early payout on request (seed 001's manual payout)."""
+"""`ledger payout now PAYEE`: an early payout on request (a manual payout)."""
 
 from __future__ import annotations
 

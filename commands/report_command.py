@@ -1,4 +1,4 @@
-"""`ledger report payouts`: a reconciliation export of payouts from the read models (seed 002)."""
+"""`ledger report payouts`: a reconciliation export of payouts from the read models."""
 
 from __future__ import annotations
 

@@ -2,7 +2,7 @@
 
 A connector never raises for a provider's answer: every outcome (paid, pending, refused, down) comes
 back as a TransferResult, classified as retryable or not. The payout id is the idempotency key of
-every call, so submitting the same payout twice pays it once (ARCHITECTURE.md invariant 3).
+every call, so submitting the same payout twice pays it once.
 """
 
 from __future__ import annotations

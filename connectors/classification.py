@@ -1,7 +1,7 @@
 """Which provider failures are worth an automatic retry, and which need a person (new account details).
 
 Retryable: timeouts, connection errors, rate limits (429, honouring Retry-After), provider errors
-(5xx), and Stripe's could_not_process and insufficient_funds (seed 001, ARCHITECTURE.md). Everything
+(5xx), and Stripe's could_not_process and insufficient_funds. Everything
 else fails at once: invalid or closed accounts, accounts not verified, invalid amounts, missing
 permissions and the other Stripe failure codes.
 """

@@ -1,6 +1,6 @@
 """Stripe Connect: a transfer to the payee's connected account (and, for stripe_instant, an instant payout).
 
-Every call carries Idempotency-Key = payout id (ARCHITECTURE.md invariant 3), so a retry after a
+Every call carries Idempotency-Key = payout id, so a retry after a
 timeout or a crash can never create a second transfer; a lookup finds an earlier transfer by its
 transfer_group (the payout id). The SDK's own retries are off: retries are the processor's decision.
 """

@@ -11,7 +11,7 @@ from ledger.guards import require
 from ledger.money import Money
 
 # A rule fires at warning when its value passes the threshold, and at critical past this many times it
-# (seed 002 names both levels without numbers; 2x keeps one simple, documented rule for all six).
+# (2x keeps one simple, documented rule for all six).
 CRITICAL_FACTOR = 2
 
 
@@ -189,7 +189,7 @@ def evaluate(m: Measurements, t: Thresholds) -> list[Condition]:
 
 
 def overall_status(conditions: Iterable[Condition]) -> str:
-    """healthy, warning or critical (seed 002 "Health Status Levels"): the worst firing condition."""
+    """healthy, warning or critical: the worst firing condition."""
     ranks = [c.severity.rank for c in conditions if c.firing and c.severity is not None]
     return {0: "healthy", 1: "warning", 2: "critical"}[max(ranks, default=0)]
 

@@ -153,12 +153,12 @@ class PlanBook:
 
 BUILTIN_CONFIG: dict[str, Any] = {
     "plans": {
-        "tiered-services": {  # seed 001
+        "tiered-services": {
             "base_rate_bp": 7000,
             "tiers": [{"more_than_services": 50, "rate_bp": 7200}, {"more_than_services": 100, "rate_bp": 7500}],
             "bonus_above_gross_major": "10000.00", "bonus_bp": 200,
         },
-        "flat-80": {"base_rate_bp": 8000},  # seed 003
+        "flat-80": {"base_rate_bp": 8000},
     },
     "fees": {
         "stripe_standard": {"percent_bp": 25, "fixed_major": "0.25"},

@@ -5,7 +5,7 @@ before C and was sequenced at or before the decision's `through_sequence`; lines
 before an earlier cutoff but arrived after it close with the next period, counted as late. Every
 close is itself an event (PayoutRequested, or BalanceCarried when nothing is paid), so replaying the
 log reproduces every balance without a clock. Per currency, at every point:
-earned_net = settled + in_flight + unpaid (ARCHITECTURE.md invariant 4).
+earned_net = settled + in_flight + unpaid.
 
 Refunds reduce the gross of the period they close with, at that period's rate; bonuses are
 deduction lines with a negative amount; a plan's recurring deductions apply to periods with activity.
@@ -47,7 +47,7 @@ class PayoutPolicy:
 
     plan: str = "flat-80"
     method: str = "manual"
-    minimum_major: str = "25.00"  # seed 002
+    minimum_major: str = "25.00"
     schedule: Schedule = DEFAULT_SCHEDULE
 
 
@@ -241,7 +241,7 @@ class PayeeEarnings:
 
     def decide_manual_payout(self, now: datetime, currency: str, request_id: str, book: PlanBook,
                              policy: PayoutPolicy) -> Event:
-        """An early payout on request (seed 001): everything earned up to now in one currency, paid if
+        """An early payout on request: everything earned up to now in one currency, paid if
         positive, whatever the minimum. Raises ManualPayoutRefused when nothing can be paid."""
         if self.held:
             raise ManualPayoutRefused(f"{self.payee_id} is on hold: release it first")
@@ -256,7 +256,7 @@ class PayeeEarnings:
 
     def decide_forced_payouts(self, now: datetime, request_id: str, book: PlanBook,
                               policy: PayoutPolicy) -> tuple[list[Event], list[str]]:
-        """A forced run (seed 002's forceRun): the closes due now, then an early payout of each currency
+        """A forced run (forceRun): the closes due now, then an early payout of each currency
         whose balance reaches the minimum, whatever the schedule. Returns (events, why others were not paid)."""
         events = self.decide_closes(now, book, policy)
         draft = copy.deepcopy(self)

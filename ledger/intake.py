@@ -60,7 +60,7 @@ class IntakeRejected(ValueError):
 
 @dataclass(frozen=True)
 class IntakeLimits:
-    """Bounds on accepted input (seed 004: PAYMENT_MAX_PAYMENT_AMOUNT and friends)."""
+    """Bounds on accepted input."""
 
     max_amount_major: str = "50000.00"  # in each currency's major unit, unless overridden below
     max_amount_major_by_currency: Mapping[str, str] = field(default_factory=dict)

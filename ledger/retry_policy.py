@@ -1,4 +1,4 @@
-"""When a failed payout attempt is tried again (seed 001: after 5 min, 15 min, 1 h), and when to give up."""
+"""When a failed payout attempt is tried again (by default after 5 min, 15 min, 1 h), and when to give up."""
 
 from __future__ import annotations
 

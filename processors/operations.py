@@ -88,7 +88,7 @@ class ActionResult:
 
 @dataclass
 class RunResult:
-    """A payout run as seed 002's cron endpoint reports it (ids, totals, errors, the next cutoff)."""
+    """A payout run as the cron endpoint reports it (ids, totals, errors, the next cutoff)."""
 
     run_id: str
     at: datetime

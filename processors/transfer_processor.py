@@ -15,7 +15,7 @@ Exactly-once payment rests on three rules (docs/decisions.md §23):
    provider never saw it, submitted.
 
 Outcome events have deterministic ids (payout, attempt, kind): recording one twice chains it once.
-Retryable failures are retried on seed 001's schedule (5 min, 15 min, 1 h; settings.retry_delays_s),
+Retryable failures are retried on a schedule (by default 5 min, 15 min, 1 h; settings.retry_delays_s),
 as due times folded from PayoutRetryScheduled events, without blocking other payouts. Each provider
 has its own lane: circuit breaker, bounded concurrency and call rate (processors/provider_lane.py).
 """

@@ -1,4 +1,4 @@
-"""Reconciliation exports from the read models (seed 002): payouts requested in a time range, with totals.
+"""Reconciliation exports from the read models: payouts requested in a time range, with totals.
 
 Amounts are integer minor units with the exponent beside them, and the same amounts as exact major-unit
 strings (ledger.money); nothing here is a float. The rows are what the projector wrote: run it (or

@@ -1,5 +1,6 @@
 """`ledger verify`: replay the ledger, fold it afresh, and prove the read models, the archive and the
-hash chains agree with it; and that every payee's money balances (ARCHITECTURE.md invariants 4, 5).
+hash chains agree with it; and that every payee's money balances
+(per currency, earned_net = settled + in_flight + unpaid).
 
 The fold here is a new ReadModel over every event, independent of the projector's own state; a row the
 projector wrote wrongly, or one edited by hand, shows as a difference naming the table, key and column.

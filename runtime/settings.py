@@ -55,7 +55,7 @@ class Settings(BaseSettings):
 
     default_plan: str = Field("flat-80", description="commission plan of payees that set none")
     default_payout_method: str = Field("manual", description="payout method of payees that set none")
-    minimum_payout: str = Field("25.00", description="below this (major units) a balance carries over (seed 002)")
+    minimum_payout: str = Field("25.00", description="below this (major units) a balance carries over")
     default_frequency: str = Field("WEEKLY", description="DAILY, WEEKLY, BIWEEKLY, MONTHLY or MANUAL")
     default_cutoff_time: str = "23:59"
     default_timezone: str = "UTC"
@@ -71,14 +71,14 @@ class Settings(BaseSettings):
     sequencer_poison_deaths: int = Field(2, ge=1, le=10, description="a record the sequencer died on this many times, processing it alone, is dead-lettered as poison")
 
     # The transfer processor and its providers (docs/decisions.md: transfers).
-    retry_delays_s: list[int] = Field([300, 900, 3600], description="delays after attempts 1, 2, 3 that failed retryably (seed 001); then the payout fails")
+    retry_delays_s: list[int] = Field([300, 900, 3600], description="delays after attempts 1, 2, 3 that failed retryably; then the payout fails")
     provider_concurrency: int = Field(4, ge=1, le=256, description="provider calls in flight at once, per provider")
     provider_rate_per_s: float = Field(20.0, gt=0, description="provider calls started per second, per provider")
     provider_window: int = Field(200, ge=1, description="attempts recorded ahead of provider calls, per provider")
     breaker_failures: int = Field(5, ge=1, description="consecutive retryable failures that open a provider's circuit")
     breaker_cooldown_s: float = Field(60.0, gt=0, description="how long an open circuit stops calls before one trial")
-    pending_poll_s: float = Field(3600.0, gt=0, description="how often transfers still processing are checked (seed 003: hourly)")
-    mobile_money_max_pending_s: float = Field(86400.0, gt=0, description="a mobile money transfer still processing after this fails (seed 003: 24 h)")
+    pending_poll_s: float = Field(3600.0, gt=0, description="how often transfers still processing are checked (default hourly)")
+    mobile_money_max_pending_s: float = Field(86400.0, gt=0, description="a mobile money transfer still processing after this fails (default 24 h)")
     stripe_api_key: str | None = Field(None, description="Stripe secret key; unset = no Stripe provider")
     stripe_api_base: str | None = Field(None, description="Stripe API address (a local test server in tests and the demo)")
     stripe_timeout_s: float = Field(30.0, gt=0)
@@ -109,14 +109,14 @@ class Settings(BaseSettings):
     smtp_starttls: bool = False
     smtp_timeout_s: float = Field(10.0, gt=0)
     email_from: str = Field("payouts@localhost", description="From: of the emails the ledger sends")
-    alert_failure_rate_pct: float = Field(10.0, ge=0, le=100, description="alert when more than this % of payouts finished in the window failed (seed 002)")
+    alert_failure_rate_pct: float = Field(10.0, ge=0, le=100, description="alert when more than this % of payouts finished in the window failed")
     alert_failure_window_s: int = Field(86400, ge=60, description="window of the failure rate")
     alert_failure_min_payouts: int = Field(1, ge=1, description="the failure rate is judged only on at least this many finished payouts")
-    alert_pending_max: int = Field(50, ge=0, description="alert when more payouts than this are open (seed 002)")
-    alert_processing_delay_h: float = Field(24.0, gt=0, description="alert when an open payout is older than this (seed 002)")
-    alert_run_total_max: str = Field("10000.00", description="alert when payouts requested in one day exceed this, major units per currency (seed 002)")
-    alert_gateway_latency_s: float = Field(3.0, gt=0, description="alert when providers' p95 answer time exceeds this (seed 004)")
-    alert_webhook_backlog_max: int = Field(50, ge=0, description="alert when more outcomes than this are awaited from providers (seed 004)")
+    alert_pending_max: int = Field(50, ge=0, description="alert when more payouts than this are open")
+    alert_processing_delay_h: float = Field(24.0, gt=0, description="alert when an open payout is older than this")
+    alert_run_total_max: str = Field("10000.00", description="alert when payouts requested in one day exceed this, major units per currency")
+    alert_gateway_latency_s: float = Field(3.0, gt=0, description="alert when providers' p95 answer time exceeds this")
+    alert_webhook_backlog_max: int = Field(50, ge=0, description="alert when more outcomes than this are awaited from providers")
     alert_webhook_urls: list[str] = Field(default_factory=list, description="alerts are POSTed here, HMAC-signed")
     alert_webhook_secret: str = Field("", description="HMAC-SHA256 key of alert webhooks (X-Ledger-Signature)")
     alert_emails: list[str] = Field(default_factory=list, description="alerts are emailed here")

@@ -1,4 +1,4 @@
-"""`ledger quote` as a user runs it: exact JSON for the seed examples, clear errors."""
+"""`ledger quote` as a user runs it: exact JSON for the worked examples, clear errors."""
 
 from __future__ import annotations
 

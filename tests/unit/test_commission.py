@@ -1,4 +1,4 @@
-"""Commission plans, fees and the payout breakdown: seed examples exact, conservation always."""
+"""Commission plans, fees and the payout breakdown: worked examples exact, conservation always."""
 
 from __future__ import annotations
 

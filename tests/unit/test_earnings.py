@@ -3,7 +3,7 @@
 Intake events come from parse_record and are sequenced by one LedgerIndex per test (dropping
 duplicates by its verdict, as the sequencer does); every close the fold decides is sequenced through
 the same index and folded back, and so are payout outcomes. After every single step each currency
-must satisfy ARCHITECTURE.md invariant 4: earned_net = settled + in_flight + unpaid.
+must satisfy earned_net = settled + in_flight + unpaid.
 """
 
 from __future__ import annotations
@@ -170,7 +170,7 @@ def snapshot(fold: PayeeEarnings) -> dict[str, Any]:
     return dataclasses.asdict(fold)
 
 
-# --- 1. seed 003: daily Abidjan, flat-80, mobile money, XOF -------------------------------------------
+# --- 1. daily Abidjan, flat-80, mobile money, XOF -------------------------------------------
 
 
 def abidjan_payee() -> PayeeLedger:
@@ -242,7 +242,7 @@ def test_payment_at_the_cutoff_instant_closes_then_one_microsecond_later_does_no
     assert (tuple(second.payload["payment_ids"]), minor(second.payload["gross"])) == (("after-cutoff",), 20_000)
 
 
-# --- 2. seed 001 through the fold ---------------------------------------------------------------------
+# --- 2. tiered-services, weekly, through the fold ---------------------------------------------------------------------
 
 
 def test_seed_001_weekly_tiered_services_payout_is_66725() -> None:

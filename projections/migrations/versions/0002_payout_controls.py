@@ -1,4 +1,4 @@
-"""Payout controls: the platform-wide pause (seed 000's emergency stop), with who, why and when.
+"""Payout controls: the platform-wide pause (the emergency stop), with who, why and when.
 
 Revision ID: 0002
 Revises: 0001
