@@ -7,14 +7,14 @@ from datetime import datetime, timedelta
 
 from ledger.guards import require
 
-SEED_001_DELAYS_S = (300, 900, 3600)
+DEFAULT_RETRY_DELAYS_S = (300, 900, 3600)
 
 
 @dataclass(frozen=True)
 class RetryPolicy:
     """Attempt n (1-based) that fails retryably is retried after delays_s[n-1]; after the last, it fails."""
 
-    delays_s: tuple[int, ...] = SEED_001_DELAYS_S
+    delays_s: tuple[int, ...] = DEFAULT_RETRY_DELAYS_S
 
     def __post_init__(self) -> None:
         require(all(isinstance(d, int) and d > 0 for d in self.delays_s), "retry delays must be positive integers")

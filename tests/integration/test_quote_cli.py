@@ -14,13 +14,13 @@ def quote(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run([LEDGER, "quote", *args], env=clean_env(**env), capture_output=True, text=True, timeout=60)
 
 
-def test_seed_001_and_003_examples():
-    seed_001 = quote("--plan", "tiered-services", "--currency", "USD", "--gross", "100000", "--services", "60",
+def test_tiered_and_flat_plan_examples():
+    tiered = quote("--plan", "tiered-services", "--currency", "USD", "--gross", "100000", "--services", "60",
                      "--deduction", "booth_rent=5000", "--method", "stripe_standard", "--json")
-    assert json.loads(seed_001.stdout) == {"gross": 100000, "rate_bp": 7200, "payee_share": 72000,
+    assert json.loads(tiered.stdout) == {"gross": 100000, "rate_bp": 7200, "payee_share": 72000,
                                            "deductions": 5000, "fee": 275, "net": 66725}
-    seed_003 = quote("--plan", "flat-80", "--currency", "XOF", "--gross", "30000", "--method", "mobile_money", "--json")
-    assert json.loads(seed_003.stdout)["net"] == 24000
+    flat = quote("--plan", "flat-80", "--currency", "XOF", "--gross", "30000", "--method", "mobile_money", "--json")
+    assert json.loads(flat.stdout)["net"] == 24000
 
 
 def test_a_plans_file_is_used(tmp_path):

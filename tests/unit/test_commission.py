@@ -16,14 +16,14 @@ from ledger.money import Money
 BOOK = load_plan_book(BUILTIN_CONFIG)
 
 
-def test_seed_001_example_comes_out_exactly():
+def test_tiered_services_example_comes_out_exactly():
     result = BOOK.breakdown("tiered-services", "stripe_standard", Money.of(100_000, "USD"), 60,
                             {"booth_rent": Money.of(5_000, "USD")})
     assert result.as_minor_units() == {"gross": 100_000, "rate_bp": 7200, "payee_share": 72_000,
                                        "deductions": 5_000, "fee": 275, "net": 66_725}
 
 
-def test_seed_003_example_comes_out_exactly():
+def test_flat_80_example_comes_out_exactly():
     result = BOOK.breakdown("flat-80", "mobile_money", Money.of(30_000, "XOF"), 1)
     assert result.net == Money.of(24_000, "XOF") and result.fee == Money.of(0, "XOF")
 

@@ -179,7 +179,7 @@ def abidjan_payee() -> PayeeLedger:
     return ledger
 
 
-def test_seed_003_one_payment_one_payout_of_24000_xof() -> None:
+def test_daily_mobile_money_one_payment_one_payout_of_24000_xof() -> None:
     ledger = abidjan_payee()
     paid = ledger.submit(payment("wave-001", 30_000, "2026-11-20T10:00:00Z", "XOF"))
     assert paid is not None and paid.envelope.sequence == 2
@@ -245,7 +245,7 @@ def test_payment_at_the_cutoff_instant_closes_then_one_microsecond_later_does_no
 # --- 2. tiered-services, weekly, through the fold ---------------------------------------------------------------------
 
 
-def test_seed_001_weekly_tiered_services_payout_is_66725() -> None:
+def test_weekly_tiered_services_payout_is_66725() -> None:
     ledger = PayeeLedger()
     ledger.submit(schedule_set("WEEKLY", day_of_week=4, plan="tiered-services", method="stripe_standard"))
     # 60 services totalling USD 1,000.00 over the week ending Friday 2026-11-20 23:59 UTC

@@ -19,7 +19,7 @@ from ledger.retry_policy import RetryPolicy
 T0 = datetime(2026, 11, 22, 12, 0, tzinfo=timezone.utc)
 
 
-def test_seed_001_schedule_5_min_15_min_1_h_then_give_up():
+def test_default_retry_schedule_5_min_15_min_1_h_then_give_up():
     policy = RetryPolicy()
     assert [policy.next_attempt_at(n, T0) for n in (1, 2, 3, 4)] == [
         T0 + timedelta(minutes=5), T0 + timedelta(minutes=15), T0 + timedelta(hours=1), None]

@@ -163,7 +163,7 @@ def test_manual_schedules_have_no_cutoffs() -> None:
 # --- the brief's examples -------------------------------------------------------------------
 
 
-def test_seed_003_daily_abidjan_cutoff_instant_belongs_to_the_closing_period() -> None:
+def test_daily_abidjan_cutoff_instant_belongs_to_the_closing_period() -> None:
     schedule = daily("23:59", "Africa/Abidjan")
     closing = period_containing(schedule, utc(2026, 11, 22, 10))
     assert closing == Period(utc(2026, 11, 21, 23, 59), utc(2026, 11, 22, 23, 59), "2026-11-22")
