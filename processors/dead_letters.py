@@ -27,6 +27,7 @@ HEADERS_DROPPED = "ledger-dlq-headers-dropped"
 MAX_REASON_BYTES = 2000
 CARRIED_HEADERS_MAX_BYTES = 16_384  # a producer's own headers are kept up to this much
 KEPT_PREFIX_BYTES = 65_536  # of an original too large to keep whole: its first bytes, for a look
+KEPT_KEY_BYTES = 16_384
 
 
 @dataclass(frozen=True)
@@ -48,13 +49,14 @@ def dead_letter_message(source: Record, stage: str, reason: str, rejected_at: da
                         *, whole: bool = True) -> DeadLetterMessage:
     """The dead letter of `source`: its original key and value whole when they fit in max_bytes (and
     `whole` is not turned off after the broker refused them), else a bounded prefix of the value, the
-    original's size and SHA-256, and a reason that says so. Never larger than max_bytes."""
-    key, value = source.key, source.value or b""
-    if key is not None and len(key) > KEPT_PREFIX_BYTES // 4:
-        key = key[:KEPT_PREFIX_BYTES // 4]  # a key that large is itself the problem; keep its start
+    original's size and SHA-256, and a reason that says so. The bounded form is under 100 KB: a prefix of
+    the value, of the key and of the producer's headers, and the ledger's own headers."""
+    value = source.value or b""
+    key_cut = source.key is not None and len(source.key) > KEPT_KEY_BYTES  # a key that large is itself the problem
+    key = source.key[:KEPT_KEY_BYTES] if key_cut and source.key is not None else source.key
     headers = dead_letter_headers(source, stage, reason, rejected_at)
     message = DeadLetterMessage(key, value, headers, whole=True)
-    if whole and key is source.key and message.size <= max_bytes:
+    if whole and not key_cut and message.size <= max_bytes:
         return message
     digest = hashlib.sha256(value).hexdigest()
     note = (f" [original value of {len(value)} bytes not kept whole: its first {min(len(value), KEPT_PREFIX_BYTES)} "

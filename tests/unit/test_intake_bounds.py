@@ -136,3 +136,8 @@ def test_refunds_wait_for_their_payment_bounded_in_count_and_time():
     assert room.take_expired(NOW + timedelta(seconds=69)) == []
     assert [item.record.offset for item in room.take_expired(NOW + timedelta(seconds=70))] == [2]
     assert len(room) == 0 and room.payments() == []
+
+
+def test_a_dead_letter_with_a_huge_key_keeps_the_start_of_the_key_and_says_so():
+    message = dead_letter_message(record(b"x", key=b"k" * 100_000), "validate", "why", NOW, max_bytes=1_000_000)
+    assert not message.whole and message.key == b"k" * 16_384 and message.value == b"x"
