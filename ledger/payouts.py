@@ -88,6 +88,7 @@ class Payout:
     correlation_id: str = ""  # the PayoutRequested's: every event of this payout carries it
     due_event_id: str = ""  # the event that made the next attempt due (the request, or its retry schedule)
     last_event_id: str = ""  # the last lifecycle event folded in
+    applied: set[str] = field(default_factory=set, repr=False)  # ids of the events folded in (each once)
 
     @property
     def current(self) -> Attempt | None:
@@ -100,14 +101,34 @@ class Payout:
         return None
 
 
+def named_payout(event: Event) -> str | None:
+    """The payout a lifecycle event is about (None for other events)."""
+    return event.payload["payout_id"] if event.event_type in LIFECYCLE_TYPES else None
+
+
 class PayoutBook:
-    """Payouts by id, and each payee's payout destination, folded from ledger events."""
+    """Payouts by id, and each payee's payout destination, folded from ledger events.
+
+    A holder whose memory must not grow with the history evicts finished payouts (`evict`) to its own
+    store, and restores (`restore`) every payout that an event names before applying that event:
+    the book cannot tell an evicted payout from one never requested.
+    """
 
     def __init__(self) -> None:
         self.payouts: dict[str, Payout] = {}
         self.destinations: dict[str, tuple[str, str]] = {}  # payee -> (method, destination)
         self.requests: dict[str, Any] = {}  # payout id -> its PayoutRequested payload (the breakdown)
-        self._applied: set[str] = set()
+
+    def evict(self, payout_id: str) -> tuple[Payout, Any]:
+        """Take a payout (and its request) out of memory; the caller keeps it elsewhere."""
+        return self.payouts.pop(payout_id), self.requests.pop(payout_id, None)
+
+    def restore(self, payout: Payout, request: Any) -> None:
+        """Put back a payout taken out by evict() (a no-op when it is in memory already)."""
+        if payout.payout_id not in self.payouts:
+            self.payouts[payout.payout_id] = payout
+            if request is not None:
+                self.requests[payout.payout_id] = request
 
     def get(self, payout_id: str) -> Payout | None:
         return self.payouts.get(payout_id)
@@ -153,15 +174,19 @@ class PayoutBook:
         if kind == "PayeeScheduleSet":
             self.destinations[event.payee_id] = (event.payload["payout_method"], event.payload.get("destination", ""))
             return True
-        if kind not in LIFECYCLE_TYPES or event.envelope.event_id in self._applied:
+        if kind not in LIFECYCLE_TYPES:
             return False
-        if kind != "PayoutRequested" and event.payload["payout_id"] not in self.payouts:
+        existing = self.payouts.get(event.payload["payout_id"])
+        if kind == "PayoutRequested":
+            if existing is not None:
+                return False
+        elif existing is None or event.envelope.event_id in existing.applied:
             return False
         if kind in GATED_TYPES and self.refusal(event) is not None:
             return False  # what the sequencer would refuse (predicting it from ledger.commands)
-        self._applied.add(event.envelope.event_id)
         getattr(self, f"_on_{kind}")(event.payload, event.envelope)
         payout = self.payouts[event.payload["payout_id"]]
+        payout.applied.add(event.envelope.event_id)
         payout.updated_at = event.envelope.occurred_at
         payout.last_event_id = event.envelope.event_id
         return True

@@ -52,3 +52,11 @@ def start_metrics_server(port: int | None, host: str | None = None) -> None:
 
             host = Settings().metrics_host
         start_http_server(port, addr=host)
+CHECKPOINT_AGE = Gauge("ledger_checkpoint_age_seconds",
+                       "Seconds since the processor's last checkpoint was written (or loaded at start)", ["processor"])
+CHECKPOINT_TAIL = Gauge("ledger_checkpoint_tail_records",
+                        "Records read at the last start after the checkpoint (the whole log after a full replay)",
+                        ["processor"])
+CHECKPOINT_BYTES = Gauge("ledger_checkpoint_state_bytes", "Size of the last checkpoint's state blob", ["processor"])
+FULL_REPLAYS = Counter("ledger_full_replays_total", "Starts that replayed the whole log, by why no checkpoint was used",
+                       ["processor", "why"])

@@ -70,6 +70,9 @@ class Settings(BaseSettings):
     sequencer_wait_max_records: int = Field(10_000, ge=1, le=1_000_000, description="at most this many refunds wait for their payments; beyond it the oldest is dead-lettered")
     sequencer_poison_deaths: int = Field(2, ge=1, le=10, description="a record the sequencer died on this many times, processing it alone, is dead-lettered as poison")
 
+    checkpoint_every_events: int = Field(10_000, ge=1, le=1_000_000, description="a processor writes a checkpoint after at most this many records folded since the last one")
+    checkpoint_every_s: float = Field(30.0, ge=0.1, le=3_600, description="... or after this many seconds, whichever comes first (only when something was folded)")
+
     # The transfer processor and its providers (docs/decisions.md: transfers).
     retry_delays_s: list[int] = Field([300, 900, 3600], description="delays after attempts 1, 2, 3 that failed retryably; then the payout fails")
     provider_concurrency: int = Field(4, ge=1, le=256, description="provider calls in flight at once, per provider")
