@@ -34,6 +34,7 @@ import sqlalchemy
 from confluent_kafka import Consumer, KafkaError, TopicPartition
 
 from processors.kafka_io import CLIENT_LOG, topic_partitions
+from processors.log_end import end_offsets
 from runtime import metrics
 
 Positions = dict[str, dict[int, int]]  # topic -> partition -> next offset
@@ -152,6 +153,11 @@ def prove(bootstrap: str, checkpoint: Checkpoint, timeout_s: float = PROOF_TIMEO
         if set(parts) - existing:
             return (f"{topic} has partitions {sorted(existing)}, the checkpoint covers {sorted(parts)} "
                     "(another broker or topic layout)"), "partitions"
+        ends = end_offsets(bootstrap, topic, timeout_s) if any(offset > 0 for offset in parts.values()) else {}
+        for partition, offset in sorted(parts.items()):
+            if offset > ends.get(partition, 0):
+                return (f"the checkpoint is ahead of the log: {topic}[{partition}] ends at offset {ends.get(partition, 0)}, "
+                        f"the checkpoint covers up to {offset} (a shorter or restored log)"), "ahead"
         wanted.update({(topic, partition): offset - 1 for partition, offset in parts.items() if offset > 0})
     if not wanted:
         return "", ""
