@@ -11,7 +11,9 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from commands.output import metrics_port_option, standby_option, console, emit_json, errors, start_logging
 from processors.kafka_io import read_topic
-from projections.projector import NAME, PROJECTED, Projector
+from processors.checkpoints import CheckpointStore
+from processors.entity_store import EntityStore
+from projections.projector import CHECKPOINT_NAME, NAME, PROJECTED, STATE_FORMAT, Projector
 from runtime.database import make_engine
 from runtime.metrics import start_metrics_server
 from runtime.settings import Settings
@@ -41,8 +43,9 @@ def projector(idle_exit: float | None, as_json: bool, metrics_port: int | None, 
     if as_json:
         emit_json(asdict(stats))
     else:
-        console.print(f"projector stopped: {stats.events} events folded, {stats.written} written, "
-                      f"{stats.dead_letters} dead letters, {stats.batches} batches")
+        console.print(f"projector stopped: {stats.events} events in the read models, {stats.tail} read in this run, "
+                      f"{stats.written} written, {stats.dead_letters} dead letters, {stats.batches} batches, "
+                      f"{stats.checkpoints} checkpoints")
 
 
 @click.group(short_help="Read models: rebuild them from the ledger.")
@@ -53,8 +56,8 @@ def projections() -> None:
 @projections.command("rebuild", short_help="Empty the read models and project the whole ledger again.")
 @click.option("--json", "as_json", is_flag=True)
 def rebuild(as_json: bool) -> None:
-    """Truncate every read model (not the append-only event archive) and project ledger.events from its
-    first event, with progress; prints the rate in events/s."""
+    """Truncate every read model (not the append-only event archive), drop the projector's checkpoint and
+    project ledger.events from its first event, with progress; prints the rate in events/s."""
     settings = Settings()
     bootstrap, database_url = connections(settings)
     with single_instance(database_url, f"projector:{settings.topic_events}"):
@@ -63,6 +66,8 @@ def rebuild(as_json: bool) -> None:
             with engine.begin() as connection:
                 connection.execute(sqlalchemy.text(
                     f"TRUNCATE {', '.join(PROJECTED)}, projection_positions"))  # names are ours, not input
+                CheckpointStore(engine, CHECKPOINT_NAME, STATE_FORMAT).clear(connection)
+                EntityStore(engine, CHECKPOINT_NAME).clear(connection)
         finally:
             engine.dispose()
         total = sum(1 for _ in read_topic(bootstrap, settings.topic_events, timeout_s=600))

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import date, datetime
-from typing import Any
+from typing import Any, Mapping
 
 from ledger.earnings import PayeeEarnings
 from ledger.events import Event
@@ -25,6 +25,9 @@ KEYS = {
     "payout_attempts": ("payout_id", "attempt"), "daily_totals": ("day", "currency"),
     "projection_heads": ("payee_id",),
 }
+# What a payout's row needs of its request (the rest, such as its payment ids, is not kept in memory).
+REQUEST_FIELDS = ("plan", "gross", "services", "rate_bp", "payee_share", "fee", "carry_over", "net", "deductions",
+                  "payment_count")
 DAILY_FIELDS = ("payments", "payments_minor", "refunds", "refunds_minor", "adjustments_minor", "payouts_requested",
                 "payouts_requested_minor", "payouts_settled", "payouts_settled_minor", "payouts_failed",
                 "payouts_failed_minor", "fees_minor")
@@ -84,6 +87,8 @@ class ReadModel:
         prior = self.book.get(payout_id) if payout_id else None
         self._prior_status = prior.status if prior is not None else None
         changed_payout = self.book.apply(event)
+        if changed_payout and event.event_type == "PayoutRequested":
+            self.book.requests[payout_id] = _request(self.book.requests[payout_id])
         self.heads[payee] = (sequence, event.envelope.event_id, event_hash(encoded))
         self.events += 1
         self._facts(event)
@@ -204,6 +209,28 @@ class ReadModel:
         day[counter] += 1
         day[f"{counter}_minor"] += payout.amount.amount_minor
 
+    # --- finished payouts out of memory ---------------------------------------------------------
+
+    def evict_finished(self) -> dict[str, tuple[Payout, dict[str, Any], tuple[str, int] | None]]:
+        """Take every settled, failed or cancelled payout out of memory (with its request, and the settled
+        amount its payee keeps for a later reversal); the caller stores them. Their rows must be written."""
+        finished = [payout_id for payout_id, payout in self.book.payouts.items() if payout.status.terminal]
+        evicted = {}
+        for payout_id in finished:
+            payout, request = self.book.evict(payout_id)
+            paid_out = self.earnings[payout.payee_id].paid_out.pop(payout_id, None)
+            evicted[payout_id] = (payout, request, paid_out)
+        return evicted
+
+    def restore(self, evicted: Mapping[str, tuple[Payout, dict[str, Any], tuple[str, int] | None]]) -> None:
+        """Put back payouts taken out by evict_finished() (before applying an event that names them)."""
+        for payout_id, (payout, request, paid_out) in evicted.items():
+            if payout_id in self.book.payouts:
+                continue
+            self.book.restore(payout, request)
+            if paid_out is not None:
+                self.earnings[payout.payee_id].paid_out[payout_id] = paid_out
+
     # --- rows --------------------------------------------------------------------------------
 
     def take_changes(self) -> dict[str, list[dict[str, Any]]]:
@@ -276,6 +303,19 @@ class ReadModel:
         from ledger.currencies import currency as currency_of
 
         return {"day": day, "currency": currency, "exponent": currency_of(currency).exponent, **self.daily[(day, currency)]}
+
+
+def _plain(value: Any) -> Any:
+    """A frozen event value as plain dicts and lists (picklable, for checkpoints)."""
+    if isinstance(value, Mapping):
+        return {key: _plain(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(item) for item in value]
+    return value
+
+
+def _request(payload: Mapping[str, Any]) -> dict[str, Any]:
+    return {name: _plain(payload[name]) for name in REQUEST_FIELDS}
 
 
 def payout_row(payout: Payout, request: Any) -> dict[str, Any]:
