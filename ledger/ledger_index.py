@@ -1,20 +1,22 @@
 """What the sequencer must know of the ledger so far, as a pure fold over its events.
 
 Ids already recorded (with a digest of their content), what remains refundable of each payment,
-and each payee's chain head. Built by replaying ledger.events; consulted before every append.
+each payee's chain head and every payout's lifecycle. Folded from ledger.events; consulted before
+every append. What grows with the history (ids, payments, finished payouts) can live in a backing
+store instead of memory (IndexBacking; the sequencer's is PostgreSQL).
 """
 
 from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass
-from typing import Any, Callable, Literal, Mapping
+from typing import Any, Callable, Collection, Iterable, Literal, Mapping, Protocol
 
 from ledger.events import Event
 from ledger.guards import require
 from ledger.money import Money
-from ledger.payouts import PayoutBook
-from ledger.sequencing import PayeeChains
+from ledger.payouts import Payout, PayoutBook, named_payout
+from ledger.sequencing import ChainHead, PayeeChains
 
 DEDUPE_FIELDS = {"PaymentCompleted": "payment_id", "PaymentRefunded": "refund_id", "EarningsAdjusted": "adjustment_id"}
 
@@ -65,23 +67,130 @@ class _Refundable:
         return self.amount - self.refunded
 
 
-class LedgerIndex:
-    """Dedupe, refund limits and chain heads for every payee, folded from sequenced events."""
+@dataclass(frozen=True)
+class PaymentFacts:
+    """What the index keeps of one payment: its payee, amount and what was refunded of it."""
 
-    def __init__(self, encode: Callable[[Event], bytes]) -> None:
+    payment_id: str
+    payee_id: str
+    amount: Money
+    refunded: Money
+
+
+class IndexBacking(Protocol):
+    """Where an index whose memory must not grow with the history keeps what it folded (many keys per call)."""
+
+    def recorded(self, keys: Collection[str]) -> Mapping[str, tuple[str, str]]: ...  # key -> (event id, digest)
+
+    def payments(self, payment_ids: Collection[str]) -> Mapping[str, PaymentFacts]: ...
+
+    def payouts(self, payout_ids: Collection[str]) -> Mapping[str, Payout]: ...
+
+
+@dataclass(frozen=True)
+class IndexChanges:
+    """What was folded since the last take_changes(), for the backing to store (then memory forgets it)."""
+
+    recorded: dict[str, tuple[str, str]]
+    payments: list[PaymentFacts]
+    finished_payouts: list[Payout]
+
+
+@dataclass(frozen=True)
+class IndexState:
+    """The part of an index that stays in memory: chain heads (per payee) and open payouts."""
+
+    heads: dict[str, ChainHead]
+    open_payouts: dict[str, Payout]
+    events: int
+
+
+class LedgerIndex:
+    """Dedupe, refund limits and chain heads for every payee, folded from sequenced events.
+
+    Without a backing everything stays in memory (an auditor's or a submitter's one-off fold). With
+    one, memory holds the chain heads, open payouts and what was folded since the last
+    take_changes(); everything else is asked of the backing, ideally for a whole batch at once
+    (prefetch), and the backing stores what take_changes() hands over.
+    """
+
+    def __init__(self, encode: Callable[[Event], bytes], backing: IndexBacking | None = None,
+                 state: IndexState | None = None) -> None:
         self.chain = PayeeChains(encode)
+        self.backing = backing
         self._recorded: dict[str, tuple[str, str]] = {}  # dedupe key -> (event id, content digest)
         self._payments: dict[str, _Refundable] = {}
         self.payouts = PayoutBook()  # lifecycle: a submit after a cancel (or the reverse) is refused
+        self._asked: set[str] = set()  # keys asked of the backing since the last take_changes()
+        self._new_recorded: set[str] = set()
+        self._new_payments: set[str] = set()
         self._admitted = False
+        self.events = 0
+        if state is not None:
+            self.chain.heads.update({payee: ChainHead(head.sequence, head.hash) for payee, head in state.heads.items()})
+            self.payouts.payouts.update(state.open_payouts)
+            self.events = state.events
 
     def __len__(self) -> int:
-        return len(self._recorded)
+        return self.events
+
+    # --- looking things up -----------------------------------------------------------------------
+
+    def prefetch(self, events: Iterable[Event]) -> None:
+        """Ask the backing, in one call per kind, for everything these events' verdicts and folds need."""
+        if self.backing is None:
+            return
+        keys, payments, payouts = set(), set(), set()
+        for event in events:
+            keys.add(dedupe_key(event))
+            if event.event_type == "PaymentRefunded":
+                payments.add(event.payload["payment_id"])
+            payout_id = named_payout(event)
+            if payout_id is not None:
+                payouts.add(payout_id)
+        self._fetch_recorded(keys)
+        self._fetch_payments(payments)
+        self._fetch_payouts(payouts)
+
+    def _fetch_recorded(self, keys: set[str]) -> None:
+        wanted = {key for key in keys if key not in self._recorded and f"r:{key}" not in self._asked}
+        if wanted and self.backing is not None:
+            self._recorded.update(self.backing.recorded(wanted))
+            self._asked.update(f"r:{key}" for key in wanted)
+
+    def _fetch_payments(self, payment_ids: set[str]) -> None:
+        wanted = {pid for pid in payment_ids if pid not in self._payments and f"p:{pid}" not in self._asked}
+        if wanted and self.backing is not None:
+            for pid, facts in self.backing.payments(wanted).items():
+                self._payments[pid] = _Refundable(facts.payee_id, facts.amount, facts.refunded)
+            self._asked.update(f"p:{pid}" for pid in wanted)
+
+    def _fetch_payouts(self, payout_ids: set[str]) -> None:
+        wanted = {pid for pid in payout_ids if pid not in self.payouts.payouts and f"o:{pid}" not in self._asked}
+        if wanted and self.backing is not None:
+            for payout in self.backing.payouts(wanted).values():
+                self.payouts.restore(payout, None)
+            self._asked.update(f"o:{pid}" for pid in wanted)
+
+    def _recorded_as(self, key: str) -> tuple[str, str] | None:
+        self._fetch_recorded({key})
+        return self._recorded.get(key)
+
+    def _payment(self, payment_id: str) -> _Refundable | None:
+        self._fetch_payments({payment_id})
+        return self._payments.get(payment_id)
+
+    def _with_payout(self, event: Event) -> None:
+        payout_id = named_payout(event)
+        if payout_id is not None:
+            self._fetch_payouts({payout_id})
+
+    # --- verdicts --------------------------------------------------------------------------------
 
     def verdict(self, event: Event) -> Verdict:
         """Whether an unsequenced event may be appended, is a duplicate, or must be rejected (and why)."""
         key = dedupe_key(event)
-        existing = self._recorded.get(key)
+        existing = self._recorded_as(key)
         if existing is not None:
             event_id, digest = existing
             if digest == content_digest(event):
@@ -89,6 +198,7 @@ class LedgerIndex:
             return Verdict("reject", f"{key} is already recorded with different content (event {event_id})", event_id)
         if event.event_type == "PaymentRefunded":
             return self._refund_verdict(event)
+        self._with_payout(event)
         refusal = self.payouts.refusal(event)
         if refusal is not None:
             return Verdict("reject", refusal)
@@ -97,7 +207,7 @@ class LedgerIndex:
     def _refund_verdict(self, event: Event) -> Verdict:
         payment_id = event.payload["payment_id"]
         amount: Money = event.payload["amount"]
-        payment = self._payments.get(payment_id)
+        payment = self._payment(payment_id)
         if payment is None:
             return Verdict("reject", f"refund of unknown payment {payment_id!r}", waits_for=payment_id)
         if payment.payee_id != event.payee_id:
@@ -112,7 +222,14 @@ class LedgerIndex:
 
     def knows_payment(self, payment_id: str) -> bool:
         """Whether a payment with this id is recorded (a waiting refund can then be judged)."""
-        return payment_id in self._payments
+        return self._payment(payment_id) is not None
+
+    def knows_payments(self, payment_ids: Collection[str]) -> set[str]:
+        """Those of these payment ids that are recorded (one backing call)."""
+        self._fetch_payments(set(payment_ids))
+        return {pid for pid in payment_ids if pid in self._payments}
+
+    # --- folding ---------------------------------------------------------------------------------
 
     def append(self, event: Event) -> tuple[Event, bytes]:
         """Sequence an accepted event and fold it in; returns the sequenced event and its stored bytes."""
@@ -140,12 +257,42 @@ class LedgerIndex:
         self._fold(event)
 
     def _fold(self, event: Event) -> None:
-        self._recorded[dedupe_key(event)] = (event.envelope.event_id, content_digest(event))
+        key = dedupe_key(event)
+        self._recorded[key] = (event.envelope.event_id, content_digest(event))
+        self._new_recorded.add(key)
+        self.events += 1
+        self._with_payout(event)
         self.payouts.apply(event)
+        self.payouts.requests.clear()  # the breakdowns are the read models' business, not the index's
         if event.event_type == "PaymentCompleted":
             amount: Money = event.payload["amount"]
-            self._payments[event.payload["payment_id"]] = _Refundable(event.payee_id, amount, Money.zero(amount.currency.code))
+            payment_id = event.payload["payment_id"]
+            self._payments[payment_id] = _Refundable(event.payee_id, amount, Money.zero(amount.currency.code))
+            self._new_payments.add(payment_id)
         elif event.event_type == "PaymentRefunded":
-            payment = self._payments.get(event.payload["payment_id"])
+            payment = self._payment(event.payload["payment_id"])
             if payment is not None:
                 payment.refunded = payment.refunded + event.payload["amount"]
+                self._new_payments.add(event.payload["payment_id"])
+
+    # --- handing over to the backing ---------------------------------------------------------------
+
+    def take_changes(self) -> IndexChanges:
+        """What was folded since the last call; memory then keeps only chain heads and open payouts."""
+        require(self.backing is not None, "take_changes needs a backing to hand the changes to")
+        changes = IndexChanges(
+            {key: self._recorded[key] for key in self._new_recorded},
+            [PaymentFacts(pid, self._payments[pid].payee_id, self._payments[pid].amount, self._payments[pid].refunded)
+             for pid in self._new_payments],
+            [self.payouts.evict(pid)[0] for pid, payout in list(self.payouts.payouts.items()) if payout.status.terminal])
+        self._recorded.clear()
+        self._payments.clear()
+        self._asked.clear()
+        self._new_recorded.clear()
+        self._new_payments.clear()
+        return changes
+
+    def state(self) -> IndexState:
+        """What stays in memory (call right after take_changes(), for a checkpoint)."""
+        return IndexState({payee: ChainHead(head.sequence, head.hash) for payee, head in self.chain.heads.items()},
+                          dict(self.payouts.payouts), self.events)

@@ -26,14 +26,18 @@ from typing import Callable
 from confluent_kafka import OFFSET_STORED, Consumer, KafkaException, TopicPartition
 from sqlalchemy.exc import SQLAlchemyError
 
-from ledger.codec import EventCodec
+from ledger.codec import EventCodec, UndecodableEvent
 from ledger.events import Event
+from ledger.guards import InvariantViolation
 from ledger.intake import shown
 from ledger.ledger_index import LedgerIndex
-from processors.dead_letters import read_dead_letters
+from processors.checkpoints import Cadence, CheckpointStore, Positions, Resume, announce, record_hash, resume
+from processors.dead_letters import parse_entry
 from processors.fault_points import crash_point, poison_point
 from processors.kafka_io import CLIENT_LOG, ConsumerLag, DeliveryFailed, Record, topic_partitions
-from processors.ledger_replay import load_index
+from processors.ledger_replay import CorruptLedger
+from processors.log_reader import LogReader
+from processors.sequencer_index_store import PostgresIndexBacking
 from processors.sequencer_input import Rejected, interpret, interpret_command
 from processors.sequencer_outputs import BatchOutputs, make_output_producer
 from processors.sequencer_store import SequencerStore, Waiting
@@ -44,6 +48,8 @@ from runtime.settings import Settings
 
 Clock = Callable[[], datetime]
 SOURCE_HEADER = "ledger-source"
+CHECKPOINT_NAME = "sequencer"
+STATE_FORMAT = 1  # bump when IndexState, ChainHead or Payout change shape: older checkpoints are then replayed
 logger = logging.getLogger("ledger.sequencer")
 
 
@@ -94,25 +100,142 @@ class Sequencer:
         self.store = SequencerStore(database_url, f"{settings.sequencer_group}:{settings.topic_incoming}")
         self.waiting = WaitingRoom(settings.sequencer_wait_s, settings.sequencer_wait_max_records)
         self._producer = make_output_producer(bootstrap)
+        self.cadence = Cadence(settings.checkpoint_every_events, settings.checkpoint_every_s)
+        self._positions: Positions = {}  # ledger.events and ledger.dlq: the next offset the state covers
+        self._carried: dict[str, dict[int, str]] = {}  # proofs of positions not moved since the last checkpoint
+        self._last: dict[tuple[str, int], tuple[int, bytes]] = {}  # the last record stored per partition since
         self._stop = threading.Event()
+        self._prepared: dict[Source, Event | Exception] = {}
         self._appending = False  # between index.append and its produce: an error there is never the record's
 
     def stop(self) -> None:
         self._stop.set()
 
     def rebuild(self) -> None:
-        """Rebuild state from the truth: ledger.events for ids and chains, ledger.dlq for what was refused,
-        PostgreSQL for the refunds still waiting for their payment."""
+        """Resume from the newest checkpoint that proves against ledger.events (else replay it all), then read
+        the tail: ledger.events for ids and chains, ledger.dlq for what was refused, PostgreSQL for the
+        refunds still waiting for their payment."""
         started = time.monotonic()
-        self.index = load_index(self.bootstrap, self.settings.topic_events, self.codec)
-        self._dead_sources = {entry.source for entry in read_dead_letters(self.bootstrap, self.settings.topic_dlq)}
+        engine = self.store.engine
+        self.checkpoints = CheckpointStore(engine, CHECKPOINT_NAME, STATE_FORMAT)
+        self.backing = PostgresIndexBacking(engine)
+        resumed = resume(self.bootstrap, self.checkpoints, self.log)
+        try:
+            tail = self._read_log(resumed)
+        except CorruptLedger as exc:
+            if resumed.checkpoint is None:
+                raise
+            # the proof holds one record per partition; a tail that does not continue the checkpoint's chains
+            # (a log rebuilt in another order) means the checkpoint is not of this log after all
+            reason = f"the log after the checkpoint does not continue its chains ({exc})"
+            self.log(f"full replay: {reason}")
+            metrics.FULL_REPLAYS.labels(CHECKPOINT_NAME, "chain").inc()
+            resumed = Resume(None, reason, "chain")
+            self.cadence.written()
+            tail = self._read_log(resumed)
         self.waiting = WaitingRoom(self.settings.sequencer_wait_s, self.settings.sequencer_wait_max_records)
         for item in self.store.load_waiting():
             self.waiting.add(item)
-        self.stats.rebuilt_events = len(self.index)
+        self.stats.rebuilt_events = tail
         self.stats.rebuild_s = time.monotonic() - started
-        self.log(f"rebuilt from {self.stats.rebuilt_events} ledger events, {len(self._dead_sources)} dead letters "
-                 f"and {len(self.waiting)} waiting refunds in {self.stats.rebuild_s:.2f} s")
+        announce(CHECKPOINT_NAME, resumed, tail, self.stats.rebuild_s, self.log)
+        self.log(f"{len(self.index.chain.heads)} payee chains, {len(self._dead_sources)} dead letters of uncommitted "
+                 f"inputs and {len(self.waiting)} waiting refunds")
+
+    def _read_log(self, resumed: Resume) -> int:
+        """Load the checkpoint's state (or clear everything for a full replay) and fold what follows it."""
+        engine = self.store.engine
+        state = resumed.checkpoint.state if resumed.checkpoint else None
+        if state is None:
+            with engine.begin() as connection:  # nothing folded before is trusted
+                self.backing.clear(connection)
+                self.checkpoints.clear(connection)
+        self.index = LedgerIndex(self.codec.encode, self.backing, state["index"] if state else None)
+        dead: set[Source] = set(state["dead"]) if state else set()
+        events_topic, dlq_topic = self.settings.topic_events, self.settings.topic_dlq
+        reader = LogReader(self.bootstrap, "sequencer-rebuild", {
+            topic: resumed.start(topic, topic_partitions(self.bootstrap, topic)) for topic in (events_topic, dlq_topic)},
+            proofs=resumed.checkpoint.proofs if resumed.checkpoint else None, batch_max=2000)
+        tail = 0
+        try:
+            while not reader.caught_up:
+                messages = reader.poll()
+                folded = self._fold_tail([m for m in messages if m.topic() == events_topic])
+                for message in messages:
+                    if message.topic() == dlq_topic:
+                        entry = parse_entry(Record(message.topic(), message.partition(), message.offset(),
+                                                   message.key(), message.value(), tuple(message.headers() or ())))
+                        dead.add(entry.source)
+                tail += len(messages)
+                self.cadence.folded(folded)
+                if self.cadence.pending >= self.settings.checkpoint_every_events:  # bounded memory in a long replay
+                    self._positions, self._last = reader.checkpoint_positions(), {}
+                    self._carried = reader.proofs()
+                    self._checkpoint(dead)
+            self._positions, self._last, self._carried = reader.checkpoint_positions(), {}, reader.proofs()
+        finally:
+            reader.close()
+        self._dead_sources = self._uncommitted(dead)
+        if self.cadence.pending:
+            self._checkpoint(self._dead_sources)
+        return tail
+
+    def _fold_tail(self, messages: list) -> int:
+        """Fold events read back from ledger.events; refuse a ledger with undecodable bytes or broken chains."""
+        assert self.index is not None
+        decoded = []
+        for message in messages:
+            try:
+                decoded.append((self.codec.decode(message.value() or b""), message))
+            except UndecodableEvent as exc:
+                raise CorruptLedger(f"{message.topic()}[{message.partition()}]@{message.offset()} is not a readable "
+                                    f"event: {exc.reason}") from None
+        self.index.prefetch(event for event, _ in decoded)
+        for event, message in decoded:
+            try:
+                self.index.observe(event, message.value() or b"")
+            except InvariantViolation as exc:
+                raise CorruptLedger(f"{message.topic()}[{message.partition()}]@{message.offset()}: {exc}") from None
+        return len(decoded)
+
+    def _uncommitted(self, dead: set[Source]) -> set[Source]:
+        """Of these dead-lettered input positions, those the input topics may deliver again (not committed)."""
+        if not dead:
+            return set()
+        consumer = Consumer({"bootstrap.servers": self.bootstrap, "group.id": self.settings.sequencer_group,
+                             "enable.auto.commit": False, "logger": CLIENT_LOG})
+        try:
+            wanted = sorted({(topic, partition) for topic, partition, _ in dead})
+            committed = {(tp.topic, tp.partition): tp.offset for tp in consumer.committed(
+                [TopicPartition(topic, partition) for topic, partition in wanted], timeout=10)}
+        finally:
+            consumer.close()
+        return {source for source in dead if source[2] >= committed.get(source[:2], -1)}
+
+    def _checkpoint(self, dead: set[Source]) -> None:
+        """Hand what the index folded to PostgreSQL and write the checkpoint, in one transaction."""
+        assert self.index is not None
+        changes = self.index.take_changes()
+        proofs = dict(self._carried)
+        for (topic, partition), (_offset, value) in self._last.items():
+            proofs.setdefault(topic, {})[partition] = record_hash(value)
+        self._carried, self._last = proofs, {}
+        state = {"index": self.index.state(), "dead": sorted(dead)}
+        with self.store.engine.begin() as connection:
+            self.backing.store(connection, changes)
+            crash_point("sequencer_checkpoint_before_commit")
+            self.checkpoints.write(connection, self._positions, proofs, state, self.index.events)
+        crash_point("sequencer_checkpoint_after_commit")
+        self.cadence.written()
+        metrics.CHECKPOINT_AGE.labels(CHECKPOINT_NAME).set(0)
+        logger.debug("checkpoint written: %d ids, %d payments, %d finished payouts", len(changes.recorded),
+                     len(changes.payments), len(changes.finished_payouts))
+
+    def _stored(self, outputs: BatchOutputs) -> None:
+        """Advance the positions the next checkpoint covers past what this batch stored."""
+        for (topic, partition), (offset, value) in outputs.ends.items():
+            self._positions.setdefault(topic, {})[partition] = offset + 1
+            self._last[(topic, partition)] = (offset, value)
 
     def run(self, idle_exit_s: float | None = None, handle_signals: bool = True) -> SequencerStats:
         """Process until stop() (SIGTERM/SIGINT), or until idle for idle_exit_s seconds."""
@@ -167,6 +290,8 @@ class Sequencer:
                     last_input = time.monotonic()
                 elif len(self.waiting):
                     self._process_batch(consumer, [])  # dead-letters the refunds that waited too long
+                if self.cadence.due():
+                    self._checkpoint(self._dead_sources)
                 if not messages and idle_exit_s is not None and time.monotonic() - last_input >= idle_exit_s:
                     break
             clean = True
@@ -176,6 +301,8 @@ class Sequencer:
         finally:
             consumer.close()
             if clean:
+                if self.cadence.pending:
+                    self._checkpoint(self._dead_sources)
                 self.store.stop_run()
             self.store.close()
         return self.stats
@@ -188,8 +315,8 @@ class Sequencer:
 
     def _known_payments(self) -> list[Waiting]:
         assert self.index is not None
-        return [item for payment_id in self.waiting.payments() if self.index.knows_payment(payment_id)
-                for item in self.waiting.take_for(payment_id)]
+        known = self.index.knows_payments(list(self.waiting.payments()))
+        return [item for payment_id in sorted(known) for item in self.waiting.take_for(payment_id)]
 
     @staticmethod
     def _record(message) -> Record:  # noqa: ANN001 - confluent_kafka.Message
@@ -207,7 +334,8 @@ class Sequencer:
             self._dead_letter(record, "poison", f"the sequencer died {deaths} times while processing this record "
                               "alone; it is dead-lettered without being processed again", self.clock(), outputs)
             outputs.flush()
-            self._commit(consumer, [record])
+            self._stored(outputs)
+            self._after_commit(outputs, self._commit(consumer, [record]))
             return
         self.store.mark_alone(source, deaths + 1)
         self._process_batch(consumer, [record])
@@ -216,6 +344,7 @@ class Sequencer:
         outputs = BatchOutputs(self._producer, self.settings.topic_dlq)
         parked: dict[Source, Waiting] = {}
         done: list[Source] = []  # waiting refunds chained or dead-lettered in this batch
+        self._prepare(records, retry)
         for item in retry:
             self._handle(item.record, outputs, parked, done, waited=True)
         for record in records:
@@ -228,22 +357,53 @@ class Sequencer:
         if records:
             crash_point("sequencer_before_flush")
         outputs.flush()
+        self._stored(outputs)
         if records:
             crash_point("sequencer_before_commit")
         self.store.add_waiting([item for source, item in parked.items() if source not in done])
         self.store.remove_waiting([source for source in done if source not in parked])
+        committed: dict[tuple[str, int], int] = {}
         if records:
-            self._commit(consumer, records)
+            committed = self._commit(consumer, records)
             self.stats.batches += 1
+        self._after_commit(outputs, committed)
+
+    def _after_commit(self, outputs: BatchOutputs, committed: dict[tuple[str, int], int]) -> None:
+        """Inputs are committed up to `committed`: their dead letters cannot come back; checkpoint when due."""
+        if self._dead_sources and committed:
+            self._dead_sources = {source for source in self._dead_sources
+                                  if source[2] >= committed.get(source[:2], -1)}
+        self.cadence.folded(outputs.delivered)
+        if self.cadence.due():
+            self._checkpoint(self._dead_sources)
+
+    def _prepare(self, records: list[Record], retry: list[Waiting]) -> None:
+        """Interpret the batch's records first, so the index asks PostgreSQL once per batch, not per record."""
+        assert self.index is not None
+        self._prepared: dict[Source, Event | Exception] = {}
+        now = self.clock()
+        for record in [*(item.record for item in retry), *records]:
+            source = (record.topic, record.partition, record.offset)
+            try:
+                self._prepared[source] = self._interpret(record, now)
+            except Exception as exc:  # noqa: BLE001 - judged again, one at a time, in _handle
+                self._prepared[source] = exc
+        self.index.prefetch(event for event in self._prepared.values() if isinstance(event, Event))
+
+    def _interpret(self, record: Record, now: datetime) -> Event:
+        if record.topic == self.settings.topic_commands:
+            return interpret_command(record.value, self.codec, now)
+        return interpret(record.value, self.codec, self.limits, now, record.key, check_key=True)
 
     @staticmethod
-    def _commit(consumer: Consumer, records: list[Record]) -> None:
+    def _commit(consumer: Consumer, records: list[Record]) -> dict[tuple[str, int], int]:
         positions: dict[tuple[str, int], int] = {}
         for record in records:
             where = (record.topic, record.partition)
             positions[where] = max(positions.get(where, -1), record.offset + 1)
         consumer.commit(offsets=[TopicPartition(topic, partition, offset)
                                  for (topic, partition), offset in positions.items()], asynchronous=False)
+        return positions
 
     def _handle(self, record: Record, outputs: BatchOutputs, parked: dict[Source, Waiting], done: list[Source],
                 waited: bool = False) -> None:
@@ -257,10 +417,11 @@ class Sequencer:
         now = self.clock()
         poison_point(record.value)
         try:
-            if record.topic == self.settings.topic_commands:
-                event = interpret_command(record.value, self.codec, now)
-            else:
-                event = interpret(record.value, self.codec, self.limits, now, record.key, check_key=True)
+            prepared = self._prepared.pop(source, None)
+            if isinstance(prepared, Event):
+                event = prepared
+            else:  # not prepared, or it raised there: interpreted (and judged) here
+                event = self._interpret(record, now)
             envelope = event.envelope
             with log_context(event_id=envelope.event_id, correlation_id=envelope.correlation_id,
                              causation_id=envelope.causation_id, payee_id=envelope.payee_id,

@@ -48,6 +48,8 @@ class BatchOutputs:
     errors: list[str] = field(default_factory=list)
     _too_large: list[_DeadLetterSent] = field(default_factory=list)
     bounded_dead_letters: int = 0  # dead letters that could keep only a prefix of the original
+    # per (topic, partition): the offset and value of the last record stored there (a checkpoint's position)
+    ends: dict[tuple[str, int], tuple[int, bytes]] = field(default_factory=dict)
 
     def event(self, topic: str, key: bytes, value: bytes, headers: list[tuple[str, bytes]]) -> None:
         self._produce(topic, key, value, headers, self._on_event)
@@ -60,7 +62,7 @@ class BatchOutputs:
         message = sent.message
         try:
             self._produce(self.dlq_topic, message.key, message.value, message.headers,
-                          lambda error, _m: self._on_dead_letter(sent, error))
+                          lambda error, stored: self._on_dead_letter(sent, error, stored))
         except KafkaException as exc:
             if exc.args[0].code() not in SIZE_ERRORS or not message.whole:
                 raise
@@ -87,15 +89,22 @@ class BatchOutputs:
         self.sent += 1
         self.producer.poll(0)
 
-    def _on_event(self, error: KafkaError | None, _message: object) -> None:
+    def _stored(self, message) -> None:  # noqa: ANN001 - confluent_kafka.Message
+        where = (message.topic(), message.partition())
+        if message.offset() >= self.ends.get(where, (-1, b""))[0]:
+            self.ends[where] = (message.offset(), message.value())
+
+    def _on_event(self, error: KafkaError | None, message) -> None:  # noqa: ANN001
         if error is None:
             self.delivered += 1
+            self._stored(message)
         else:
             self.errors.append(error.str())
 
-    def _on_dead_letter(self, sent: _DeadLetterSent, error: KafkaError | None) -> None:
+    def _on_dead_letter(self, sent: _DeadLetterSent, error: KafkaError | None, message) -> None:  # noqa: ANN001
         if error is None:
             self.delivered += 1
+            self._stored(message)
         elif error.code() in SIZE_ERRORS and sent.message.whole:
             self.sent -= 1  # replaced by its bounded form at flush
             self._too_large.append(sent)
