@@ -1,6 +1,9 @@
-"""Rebuilding the ledger index from ledger.events, the truth (never from a changelog or a cache)."""
+"""Folding ledger.events into a LedgerIndex: in full (the truth, for an auditor), or from the sequencer's
+checkpoint plus the tail (for a submitter predicting the sequencer's verdicts, without reading the history)."""
 
 from __future__ import annotations
+
+from typing import Callable
 
 from ledger.codec import EventCodec, UndecodableEvent
 from ledger.guards import InvariantViolation
@@ -26,4 +29,45 @@ def load_index(bootstrap: str, topic: str, codec: EventCodec, timeout_s: float =
             raise CorruptLedger(f"{where} is not a readable event: {exc.reason}") from None
         except InvariantViolation as exc:
             raise CorruptLedger(f"{where}: {exc}") from None
+    return index
+
+
+def open_index(bootstrap: str, topic: str, database_url: str, codec: EventCodec,
+               log: Callable[[str], None] = lambda _: None) -> LedgerIndex:
+    """A read-only index: the sequencer's proven checkpoint and PostgreSQL tables, plus the tail of `topic`
+    folded in memory. Without a checkpoint that proves, the whole log is folded (load_index). Nothing is
+    written: the sequencer owns its checkpoint."""
+    from processors.checkpoints import CheckpointStore, resume
+    from processors.log_reader import LogReader
+    from processors.kafka_io import topic_partitions
+    from processors.sequencer import CHECKPOINT_NAME, STATE_FORMAT
+    from processors.sequencer_index_store import PostgresIndexBacking
+    from runtime.database import make_engine
+
+    engine = make_engine(database_url)
+    resumed = resume(bootstrap, CheckpointStore(engine, CHECKPOINT_NAME, STATE_FORMAT), log)
+    if resumed.checkpoint is None:
+        engine.dispose()
+        return load_index(bootstrap, topic, codec)
+    index = LedgerIndex(codec.encode, PostgresIndexBacking(engine), resumed.checkpoint.state["index"])
+    reader = LogReader(bootstrap, "index-reader", {topic: resumed.start(topic, topic_partitions(bootstrap, topic))},
+                       proofs=resumed.checkpoint.proofs, batch_max=2000)
+    try:
+        while not reader.caught_up:
+            messages = reader.poll()
+            events = []
+            for message in messages:
+                try:
+                    events.append((codec.decode(message.value() or b""), message.value() or b""))
+                except UndecodableEvent as exc:
+                    raise CorruptLedger(f"{topic}[{message.partition()}]@{message.offset()} is not a readable "
+                                        f"event: {exc.reason}") from None
+            index.prefetch(event for event, _ in events)
+            for event, encoded in events:
+                try:
+                    index.observe(event, encoded)
+                except InvariantViolation as exc:
+                    raise CorruptLedger(str(exc)) from None
+    finally:
+        reader.close()
     return index

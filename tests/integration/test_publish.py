@@ -180,3 +180,33 @@ def test_publish_without_a_stack_says_how_to_get_one(tmp_path):
     assert result.returncode == 1
     assert "ledger up" in result.stderr
     assert result.stdout == "" and "Traceback" not in result.stderr
+
+
+def test_duplicates_are_judged_from_the_sequencers_checkpoint_and_its_tail(settings, tmp_path):
+    """After the sequencer checkpointed (its ids and payments in PostgreSQL) and more was chained after the
+    checkpoint, publish still knows every id: no reading of the whole history."""
+    from tests.integration.sequencing_helpers import run_sequencer
+
+    env = stack_env(settings, tmp_path)
+    first = run(env, str(write_jsonl(tmp_path / "a.jsonl", [payment("p1"), payment("p2", amount_minor=500)])), "--json")
+    assert json.loads(first.stdout)["accepted"] == 2
+    run_sequencer(settings)  # chains them and writes its checkpoint at the clean stop
+    second = run(env, str(write_jsonl(tmp_path / "b.jsonl", [payment("p3")])), "--json")
+    assert json.loads(second.stdout)["accepted"] == 1
+    # chained, then the sequencer dies writing its checkpoint: p3 is only in the tail after the checkpoint
+    died = subprocess.run([LEDGER, "sequencer", "--idle-exit", "1.5"], capture_output=True, text=True, timeout=120,
+                          env={**env, "LEDGER_FAULT_POINTS": "sequencer_checkpoint_before_commit"})
+    assert died.returncode == -9, died.stderr[-2000:]
+    third = run(env, str(write_jsonl(tmp_path / "c.jsonl", [
+        payment("p1"),                              # duplicate of a checkpointed payment
+        payment("p2", amount_minor=501),            # conflicting reuse of a checkpointed id
+        payment("p3"),                              # duplicate of a payment chained after the checkpoint
+        refund("r1", "p2", 600),                    # larger than what remains of a checkpointed payment
+        refund("r2", "p2", 500),                    # exactly what remains
+        payment("p4"),
+    ])), "--json")
+    summary = json.loads(third.stdout)
+    assert (summary["accepted"], summary["duplicates"], summary["rejected"]) == (2, 2, 2), summary
+    assert [error["line"] for error in summary["errors"]] == [2, 4]
+    assert "different content" in summary["errors"][0]["reason"]
+    assert "larger than" in summary["errors"][1]["reason"]
