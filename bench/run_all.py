@@ -7,7 +7,9 @@ broker read rate measured in the same run, so figures stay comparable on noisy m
 ledger.events; (c) end to end, append -> projected row in `earnings` (`ledger projector` and `ledger
 aggregator` running): payments/s, and p50/p99 latency at a paced load; (d) payouts settled per minute
 through `ledger transfers` against the Stripe sandbox answering in 50 ms; (e) `ledger projections
-rebuild` events/s; (f) peak memory (VmHWM) of every process. Fresh topics and a fresh PostgreSQL
+rebuild` events/s; (f) peak memory (VmHWM) of every process; then the restart benchmark (bench/restart.py:
+restart time and peak memory of each processor at two history sizes, their growth against the targets) on
+topics and a schema of its own (`--only throughput|restart` runs one part). Fresh topics and a fresh PostgreSQL
 schema of its own, on the embedded stack (started or reused) unless LEDGER_KAFKA_BOOTSTRAP and
 LEDGER_DATABASE_URL are set. Exit 0 when every phase finished, 1 (with the reason) otherwise.
 """
@@ -34,6 +36,7 @@ from bench_phases import (BenchContext, append_throughput, end_to_end, rebuild, 
 from bench_processes import BenchFailure, LedgerProcess, ledger_env, vmhwm_kib
 from bench_reading import LogTail, raw_read_rate
 from bench_stack import close_place, machine, open_place, remove_run_data
+import restart as restart_bench
 from sandbox.stripe import StripeTestServer
 
 STARTUP_S = 120.0  # a worker must be up (rebuilt, caught up) within this
@@ -52,7 +55,11 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--raw-read-repeats", type=int, default=5)
     parser.add_argument("--keep", action="store_true", help="keep the run's topics, schema and worker logs")
     parser.add_argument("--json", dest="as_json", action="store_true", help="print the result as JSON")
+    parser.add_argument("--only", choices=("all", "throughput", "restart"), default="all",
+                        help="throughput: figures a-f only; restart: the restart benchmark only (bench/restart.py)")
+    restart_bench.add_options(parser, prefix="restart-")
     args = parser.parse_args()
+    restart_bench.check_options(parser, args, prefix="restart-")
     if args.payments < 100 or args.payouts < 2 or args.payees < 1 or not 0 < args.paced_share <= 1:
         parser.error("--payments must be >= 100, --payouts >= 2, --payees >= 1, --paced-share in (0, 1]")
     return args
@@ -122,6 +129,23 @@ def run(args: argparse.Namespace, place, log_dir: Path, progress: Progress) -> d
             "raw_read": raw, "rebuild": rebuilt, "peak_memory": peaks}
 
 
+def run_restart(args: argparse.Namespace, place, log_dir: Path, report, own_place: bool) -> dict:  # noqa: ANN001
+    """The restart benchmark (bench/restart.py) on fresh topics and a fresh schema: after the throughput
+    phases it opens its own on the same stack (and removes them unless --keep)."""
+    restart_dir = log_dir / "restart"
+    restart_dir.mkdir(exist_ok=True)
+    where = open_place(report) if own_place else place
+    try:
+        return restart_bench.measure(where, restart_dir, args.restart_sizes, args.restart_payees,
+                                     args.restart_events_per_round, args.restart_repeats, args.restart_processors,
+                                     report)
+    finally:
+        if own_place:
+            if not args.keep:
+                remove_run_data(where, report)
+            close_place(where, report)
+
+
 def figures(details: dict, settings) -> list[dict]:  # noqa: ANN001 - Settings
     """Every figure with its unit and its ratio to (a) (rates: rate / raw rate; latency: how many records the
     raw reader reads in that time; memory: none)."""
@@ -169,7 +193,11 @@ def print_table(result: dict) -> None:
             ratio_text = f"{ratio:.4g}"
         table.add_row(row["key"], row["figure"], shown, row["unit"], ratio_text)
     console.print(table)
+    if "restart" in result:
+        restart_bench.print_table(result["restart"], console)
     d = result["details"]
+    if not d:
+        return
     burst, paced = d["end_to_end_burst"], d["end_to_end_paced"]
     console.print(f"(b) {d['append']['records']:,} payments; (c) burst {burst['payments']:,}, paced "
                   f"{paced['payments']:,} (burst p50/p99 {burst['latency_p50_s']:.2f}/{burst['latency_p99_s']:.2f} s, "
@@ -189,10 +217,20 @@ def main() -> int:
     try:
         place = open_place(report)
         about = machine(place)
-        with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                      console=errors, transient=False) as progress:
-            details = run(args, place, log_dir, progress)
+        details: dict = {}
+        if args.only != "restart":
+            with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                          console=errors, transient=False) as progress:
+                details = run(args, place, log_dir, progress)
+        restart = None if args.only == "throughput" else run_restart(args, place, log_dir, report, bool(details))
         about["load_avg_1_5_15_at_end"] = os.getloadavg()
+        rows = figures(details, place.settings) if details else []
+        if restart is not None:
+            raw_per_s = (details["raw_read"]["records_per_s"] if details
+                         else restart["sizes"][-1]["raw_read"]["records_per_s"])
+            restart["ratio_yardstick"] = ("a" if details else
+                                          f"raw read of the restart history at {restart['sizes'][-1]['label']}")
+            rows += restart_bench.figures(restart, raw_per_s)
         result = {"seconds": round(time.monotonic() - started, 1), "machine": about,
                   "settings": {"provider_concurrency": place.settings.provider_concurrency,
                                "provider_rate_per_s": place.settings.provider_rate_per_s,
@@ -202,7 +240,9 @@ def main() -> int:
                                "partitions_events": place.settings.partitions_events,
                                "topics_suffix": place.settings.topic_events.rsplit(".", 1)[-1],
                                "schema": place.schema},
-                  "figures": figures(details, place.settings), "details": details}
+                  "figures": rows, "details": details}
+        if restart is not None:
+            result["restart"] = restart
         if args.as_json:
             print(json.dumps(result, indent=2, default=str))
         else:
