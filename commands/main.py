@@ -106,6 +106,9 @@ def _register() -> None:
     cli.add_command(alerts_command.alerts)
     cli.add_command(notify_command.notifier)
     cli.add_command(notify_command.notifications)
+    from commands import checkpoints_command
+
+    cli.add_command(checkpoints_command.checkpoints)
 
 
 _register()

@@ -137,3 +137,27 @@ def test_sigkill_while_writing_a_checkpoint_and_right_after_neither_doubles_nor_
     assert set(counts) == set(sent) and max(counts.values()) == 1
     assert chain_breaks(events) == []
     assert dead_letters(settings) == []
+
+
+def test_ledger_checkpoints_lists_and_clears(settings, tmp_path: Path):
+    _send(settings, [payment("c1"), payment("c2")])
+    _run(settings)
+    env = env_for(settings, tmp_path)
+    listed = subprocess.run([LEDGER, "checkpoints", "--json"], env=env, capture_output=True, text=True, timeout=60)
+    assert listed.returncode == 0, listed.stderr
+    (row,) = json.loads(listed.stdout)
+    assert row["processor"] == "sequencer" and row["events"] == 2 and row["covered_records"] == 2
+    shown = subprocess.run([LEDGER, "checkpoints"], env=env, capture_output=True, text=True, timeout=60)
+    assert shown.returncode == 0 and "sequencer" in shown.stdout
+    unnamed = subprocess.run([LEDGER, "checkpoints", "clear"], env=env, capture_output=True, text=True, timeout=60)
+    assert unnamed.returncode == 2 and "--all" in unnamed.stderr
+    unknown = subprocess.run([LEDGER, "checkpoints", "clear", "nope"], env=env, capture_output=True, text=True,
+                             timeout=60)
+    assert unknown.returncode == 1 and "no checkpoint named 'nope'" in unknown.stderr
+    cleared = subprocess.run([LEDGER, "checkpoints", "clear", "sequencer", "--json"], env=env, capture_output=True,
+                             text=True, timeout=60)
+    assert json.loads(cleared.stdout) == {"cleared": ["sequencer"]}
+    _send(settings, [payment("c1"), payment("c3")])
+    worker, lines = _run(settings)
+    assert any(line.startswith("full replay: no checkpoint yet") for line in lines)
+    assert (worker.stats.appended, worker.stats.duplicates) == (1, 1)
