@@ -26,7 +26,9 @@ def transfers(idle_exit: float | None, as_json: bool, metrics_port: int | None, 
 
     Providers: Stripe (LEDGER_STRIPE_API_KEY), bank transfer files (LEDGER_BANK_DEBTOR_IBAN), mobile
     money (LEDGER_MOBILE_MONEY_URL), and manual (always). Payouts of a provider that is not configured
-    wait. Rebuilds its state from ledger.events at start; only one may run per ledger.
+    wait. Starts from its last checkpoint (open payouts, with their positions on ledger.events and
+    ledger.commands) and reads only the log after it; without a usable one, the whole log. Only one may
+    run per ledger.
     """
     settings = Settings()
     start_logging(settings, "transfers", as_json)

@@ -9,10 +9,16 @@ Exactly-once payment rests on three rules (docs/decisions.md §23):
 2. Idempotency keys decided before any call: the payout id for the first attempt, `<payout id>:<n>`
    for a retry (providers replay a stored failure under its key, so a retry needs its own), and every
    retry first asks the provider for anything under the payout id. A repeated call cannot pay twice.
-3. Never guess after a crash. State is rebuilt from ledger.events at every start, plus the outcomes it
-   had already sent to ledger.commands that are not chained yet. An attempt that is submitted but has
-   no outcome is resolved by asking the provider (lookup with the same key) and only then, if the
+3. Never guess after a crash. At start the state is the last checkpoint (processors/transfer_checkpoint.py:
+   open payouts and unchained submits, with its positions on ledger.events and ledger.commands) plus
+   the tail of ledger.events after it, then the outcomes and submits found on ledger.commands after it
+   that are not chained yet (without a usable checkpoint: both whole logs). An attempt that is submitted
+   but has no outcome is resolved by asking the provider (lookup with the same key) and only then, if the
    provider never saw it, submitted.
+
+The loop reads through processors/log_reader.LogReader: ledger.events to its end, then ledger.commands
+to its end, then both. Checkpoints are written every settings.checkpoint_every_events records or
+checkpoint_every_s seconds and at a clean stop; finished payouts leave memory at each one.
 
 Outcome events have deterministic ids (payout, attempt, kind): recording one twice chains it once.
 Retryable failures are retried on a schedule (by default 5 min, 15 min, 1 h; settings.retry_delays_s),
@@ -24,29 +30,27 @@ from __future__ import annotations
 
 import logging
 import queue
-import signal
-import threading
 import time
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Callable
-
-from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, TopicPartition
 
 from connectors.base import Connector, Outcome, TransferRequest, attempt_key, provider_for
 from connectors.circuit_breaker import BreakerState, CircuitBreaker
 from ledger import payouts as records
 from ledger.codec import EventCodec, UndecodableEvent
 from ledger.events import Event
-from ledger.payouts import Payout, PayoutBook, PayoutStatus
+from ledger.payouts import Payout, PayoutBook, PayoutStatus, named_payout
 from ledger.retry_policy import RetryPolicy
+from processors.checkpoints import Resume, announce
 from processors.fault_points import crash_point
-from processors.kafka_io import (
-    CLIENT_LOG, ConsumerLag, DeliveryTracker, flush_or_raise, make_producer, read_topic, topic_partitions,
-)
+from processors.kafka_io import DeliveryTracker, flush_or_raise, make_producer, topic_partitions
 from processors.ledger_replay import CorruptLedger
+from processors.log_reader import LogReader, StopFlag
 from processors.provider_lane import CallResult, ProviderLane, utc_now
+from processors.transfer_checkpoint import PROCESSOR, TransferCheckpoints, TransferState
 from runtime import metrics
+from runtime.database import make_engine
 from runtime.logs import log_context
 from runtime.settings import Settings
 
@@ -101,7 +105,14 @@ class TransferProcessor:
         self._producer = make_producer(bootstrap)
         self._tracker = DeliveryTracker()
         self._unflushed = 0
-        self._stop = threading.Event()
+        self._stop = StopFlag()
+        self._checkpoints = None if database_url is None else TransferCheckpoints(
+            make_engine(database_url), settings.checkpoint_every_events, settings.checkpoint_every_s)
+        self._events: LogReader | None = None
+        self._commands: LogReader | None = None  # created once ledger.events is folded to its end
+        self._commands_at: dict[int, int] = {}
+        self._commands_proofs: dict[int, str] = {}
+        self._covered = 0
         self._active: set[str] = set()  # payouts not settled, failed or cancelled
         self._awaiting: dict[str, tuple[int, float]] = {}  # payout -> (attempt whose submit is sent, when)
         self._fresh: set[tuple[str, int]] = set()  # attempts this process recorded: call the provider directly
@@ -128,52 +139,60 @@ class TransferProcessor:
     def run(self, idle_exit_s: float | None = None, handle_signals: bool = True) -> TransferStats:
         """Process until stop() (SIGTERM/SIGINT), or until nothing happened for idle_exit_s seconds."""
         if handle_signals:
-            for signum in (signal.SIGTERM, signal.SIGINT):
-                signal.signal(signum, lambda *_: self.stop())
+            self._stop.install()
         started = time.monotonic()
-        overlay = self._sent_outcomes()
-        partitions = topic_partitions(self.bootstrap, self.settings.topic_events)
-        consumer = Consumer({
-            "bootstrap.servers": self.bootstrap, "group.id": "ledger-transfers", "enable.auto.commit": False,
-            "enable.partition.eof": True, "auto.offset.reset": "earliest", "fetch.wait.max.ms": 50,
-            "logger": CLIENT_LOG,
-        })
-        consumer.assign([TopicPartition(self.settings.topic_events, p, OFFSET_BEGINNING) for p in partitions])
-        lag = ConsumerLag("transfers", [self.settings.topic_events])
-        at_end: set[int] = set()
-        caught_up = False
+        events_topic, commands_topic = self.settings.topic_events, self.settings.topic_commands
+        resumed, state = self._resume()
+        checkpoint = resumed.checkpoint
+        if state is not None:
+            self._load(state)
+        if self._checkpoints is not None:
+            self._checkpoints.cadence.written()  # the first one is due counted from here, not from __init__
+        # ledger.events first, to its end; then ledger.commands from the checkpoint (the overlay); then both live
+        self._events = LogReader(self.bootstrap, "transfers", {events_topic: resumed.start(
+            events_topic, topic_partitions(self.bootstrap, events_topic))},
+            proofs=checkpoint.proofs if checkpoint else None, wait_s=0.2)
+        self._commands_at = resumed.start(commands_topic, topic_partitions(self.bootstrap, commands_topic))
+        self._commands_proofs = (checkpoint.proofs if checkpoint else {}).get(commands_topic, {})
+        self._covered = checkpoint.events if checkpoint else 0
+        pending: list[Event] = []  # outcomes found on ledger.commands, not applied yet
+        phase = "events"
         last_activity = time.monotonic()
         try:
             while not self._stop.is_set():
-                messages = consumer.consume(500, 0.05 if caught_up else 0.2)
-                lag.observe_batch(messages)
-                for message in messages:
-                    error = message.error()
-                    if error is not None:
-                        if error.code() == KafkaError._PARTITION_EOF:
-                            at_end.add(message.partition())
-                            continue
-                        if error.fatal():
-                            raise KafkaException(error)
-                        logger.warning("consumer: %s", error.str())
+                if phase == "commands":
+                    records = self._commands.poll()
+                    self._fold_commands(records, pending)
+                    if not self._commands.caught_up:
                         continue
-                    at_end.discard(message.partition())
-                    self._on_chained(self._decode(message))
-                    last_activity = time.monotonic()
-                if not messages or len(at_end) == len(partitions):
-                    lag.caught_up()
-                if not caught_up:
-                    if len(at_end) < len(partitions):
-                        continue
-                    caught_up = True
-                    for event in overlay:
+                    for event in pending:
                         self._apply(event)
-                    self.log(f"rebuilt {len(self.book.payouts)} payouts ({len(self._active)} open, "
-                             f"{len(overlay)} outcomes waiting in {self.settings.topic_commands}) in "
-                             f"{time.monotonic() - started:.2f} s")
+                    phase = "live"
+                    announce(PROCESSOR, resumed, self._events.records + self._commands.records,
+                             time.monotonic() - started, self.log)
+                    logger.info("%d payouts open, %d outcomes applied from %s", len(self._active), len(pending),
+                                commands_topic)
+                    pending.clear()
+                    last_activity = time.monotonic()
+                    continue
+                messages = self._events.poll(0.05 if phase == "live" else None)
+                if messages:
+                    self._fold_events(messages)
+                    last_activity = time.monotonic()
+                if phase == "events":
+                    if self._events.caught_up:
+                        phase = "commands"
+                        self._commands = LogReader(self.bootstrap, "transfers", {commands_topic: self._commands_at},
+                                                   proofs={commands_topic: self._commands_proofs}, wait_s=0.2)
+                    else:
+                        self._checkpoint_if_due()
+                    continue
+                if self._commands is not None:  # only its position matters now: what this process sent is known
+                    self._cadence_folded(len(self._commands.poll(0)))
                 if self._drain_results() | self._schedule():
                     last_activity = time.monotonic()
                 self._warn_if_unchained()
+                self._checkpoint_if_due()
                 if any(lane.busy for lane in self.lanes.values()):
                     last_activity = time.monotonic()
                 elif idle_exit_s is not None and time.monotonic() - last_activity >= idle_exit_s:
@@ -181,12 +200,20 @@ class TransferProcessor:
                         self.log(f"exiting with {len(self._awaiting)} attempts recorded but not chained yet: "
                                  "they are made when `ledger sequencer` has chained them")
                     break
+            self._shutdown()
+            if phase != "commands":  # (while reading the overlay the state is not whole)
+                self._write_checkpoint()
         finally:
-            consumer.close()
-            for lane in self.lanes.values():
-                lane.shutdown()
-            self._flush()
+            self._shutdown()
+            for reader in (self._events, self._commands):
+                if reader is not None:
+                    reader.close()
         return self.stats
+
+    def _shutdown(self) -> None:
+        for lane in self.lanes.values():
+            lane.shutdown()
+        self._flush()
 
     def _warn_if_unchained(self) -> None:
         """Attempts wait for the sequencer; say so when it seems not to run."""
@@ -205,31 +232,108 @@ class TransferProcessor:
         except UndecodableEvent as exc:
             raise CorruptLedger(f"{message.topic()}[{message.partition()}]@{message.offset()}: {exc.reason}") from None
 
-    def _sent_outcomes(self) -> list[Event]:
-        """Outcomes already sent to ledger.commands (perhaps not chained yet): never ask a provider twice."""
-        sent = []
-        for record in read_topic(self.bootstrap, self.settings.topic_commands, timeout_s=600):
-            try:
-                event = self.codec.decode(record.value or b"")
-            except UndecodableEvent:
-                continue  # not ours: the sequencer dead-letters it
-            if event.event_type in OUTCOME_TYPES:
-                sent.append(event)
-            elif event.event_type == "PayoutSubmitted":
-                self._sent_submits[(event.payload["payout_id"], event.payload["attempt"])] = event
-        return sent
+    # --- checkpoints -------------------------------------------------------------------------------
+
+    def _resume(self) -> tuple[Resume, TransferState | None]:
+        if self._checkpoints is None:
+            return Resume(None, "no database to keep checkpoints in", "none"), None
+        return self._checkpoints.resume(self.bootstrap, self.log)
+
+    def _load(self, state: TransferState) -> None:
+        self.book = state.book
+        self._sent_submits = {key: self.codec.decode(value) for key, value in state.sent_submits.items()}
+        self._active = {pid for pid, payout in self.book.payouts.items() if not payout.status.terminal}
+
+    def _state(self) -> TransferState:
+        book = PayoutBook()
+        book.payouts, book.destinations = self.book.payouts, self.book.destinations
+        return TransferState(book, {key: self.codec.encode(event) for key, event in self._sent_submits.items()})
+
+    def _cadence_folded(self, count: int) -> None:
+        if self._checkpoints is not None and count:
+            self._checkpoints.cadence.folded(count)
+
+    def _checkpoint_if_due(self) -> None:
+        if self._checkpoints is not None and self._checkpoints.cadence.due():
+            self._write_checkpoint()
+
+    def _write_checkpoint(self) -> None:
+        """The state with the positions it covers: ledger.events as folded, ledger.commands as read (or, before
+        the overlay is read, where the loaded checkpoint had it)."""
+        if self._checkpoints is None:
+            return
+        self._flush()  # the book holds the outcomes sent: they must be in the log before the checkpoint says so
+        events_topic, commands_topic = self.settings.topic_events, self.settings.topic_commands
+        positions, proofs = self._events.checkpoint_positions([events_topic]), self._events.proofs([events_topic])
+        if self._commands is not None:
+            positions.update(self._commands.checkpoint_positions([commands_topic]))
+            proofs.update(self._commands.proofs([commands_topic]))
+        else:
+            covered = {p: o for p, o in self._commands_at.items() if o > 0}
+            positions[commands_topic] = covered
+            proofs[commands_topic] = {p: self._commands_proofs[p] for p in covered}
+        records = self._covered + self._events.records + (self._commands.records if self._commands else 0)
+        try:
+            evicted, size = self._checkpoints.write(self._state(), positions, proofs, records)
+        except Exception as exc:  # noqa: BLE001 - the database is away: keep paying, write the next one later
+            self._checkpoints.cadence.written()
+            logger.warning("checkpoint not written (%s: %s); the next one is tried later", type(exc).__name__, exc)
+            return
+        logger.debug("checkpoint written: %d payouts open, %d finished ones moved out of memory, %d bytes",
+                     len(self.book.payouts), evicted, size)
 
     # --- folding ---------------------------------------------------------------------------------
+
+    def _fold_events(self, messages: list) -> None:
+        events = [self._decode(message) for message in messages]
+        if self._checkpoints is not None:
+            self._checkpoints.restore_named(self.book, events)  # finished payouts these events name
+        for event in events:
+            self._on_chained(event)
+        self.book.requests.clear()  # the breakdowns: never read here, not kept
+        self._cadence_folded(len(events))
+
+    def _fold_commands(self, messages: list, pending: list[Event]) -> None:
+        """ledger.commands after the checkpoint (all of it in a full replay): the outcomes and submits an earlier
+        run sent that are not chained yet, for payouts still open. Never ask a provider twice; resend a
+        submit byte for byte. Everything else is dropped at once (memory follows open payouts)."""
+        for message in messages:
+            try:
+                event = self.codec.decode(message.value() or b"")
+            except UndecodableEvent:
+                continue  # not ours: the sequencer dead-letters it
+            payout = self.book.get(named_payout(event) or "")
+            if payout is None or payout.status.terminal:
+                continue
+            if event.event_type in OUTCOME_TYPES and event.envelope.event_id not in payout.applied:
+                pending.append(event)
+            elif event.event_type == "PayoutSubmitted" and event.payload["attempt"] >= payout.next_attempt:
+                self._sent_submits[(payout.payout_id, event.payload["attempt"])] = event
+        self._cadence_folded(len(messages))
 
     def _apply(self, event: Event) -> None:
         if not self.book.apply(event) or event.event_type not in records.LIFECYCLE_TYPES:
             return
         payout = self.book.payouts[event.payload["payout_id"]]
         if payout.status.terminal:
-            self._active.discard(payout.payout_id)
-            self._awaiting.pop(payout.payout_id, None)
+            self._forget(payout)
         else:
             self._active.add(payout.payout_id)
+
+    def _forget(self, payout: Payout) -> None:
+        """A finished payout: nothing more is done for it, so nothing about it stays but the payout (until the
+        next checkpoint moves it out of memory)."""
+        payout_id = payout.payout_id
+        self._active.discard(payout_id)
+        self._awaiting.pop(payout_id, None)
+        self._last_poll.pop(payout_id, None)
+        self._unknown_until.pop(payout_id, None)
+        for number in range(1, payout.next_attempt + 1):
+            key = (payout_id, number)
+            self._fresh.discard(key)
+            self._cleared.discard(key)
+            self._retry_decided.discard(key)
+            self._sent_submits.pop(key, None)
 
     def _on_chained(self, event: Event) -> None:
         self._apply(event)
@@ -421,7 +525,9 @@ class TransferProcessor:
             with payout_context(self.book.get(call.payout_id), payout_id=call.payout_id, provider=call.provider,
                                 attempt=call.attempt):
                 self._on_result(call)
-        self._flush()
+        if self._unflushed:
+            self._flush()
+            crash_point("transfers_after_outcome")  # outcomes in ledger.commands, no checkpoint covers them yet
         return drained
 
     def _on_result(self, call: CallResult) -> None:
