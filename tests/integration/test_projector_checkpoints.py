@@ -216,3 +216,32 @@ def test_a_settled_payout_evicted_then_reversed_updates_its_row_and_balances(set
     (day,) = rows(settings, "SELECT sum(payouts_failed) AS failed FROM daily_totals")
     assert day["failed"] == 2  # h-failed, then h-paid's reversal: each counted once
     assert_verified(settings)
+
+
+# The classes a checkpoint pickles, as STATE_FORMAT reads them: a change here needs STATE_FORMAT bumped
+# (projections/projector.py), or a checkpoint of the older shape would be unpickled into the new code.
+STATE_SHAPE = {
+    1: {"PayeeEarnings": "closed_through earned_net held in_flight last_sequence lines method minimum paid_out payee_id "
+                         "plan schedule settled unpaid",
+        "EarningLine": "currency deduction gross_minor occurred_at payment_id sequence services",
+        "Payout": "accepted_at amount applied attempts cancel_reason correlation_id due_at due_event_id last_event_id "
+                  "message method next_attempt payee_id payout_id period_id provider_reference reason_code "
+                  "requested_at reversed status trigger updated_at",
+        "Attempt": "finished_at message number outcome provider provider_reference reason_code retryable submitted_at",
+        "_PayeeFacts": "events first_event_at hold_reason last_event_at schedule",
+        "ReadModel": "_dirty _prior_status book daily earning_rows earnings events facts heads period_rows retain_rows",
+        "PayoutBook": "destinations payouts requests"},
+}
+
+
+def test_the_state_format_names_the_shape_of_the_checkpointed_classes():
+    import dataclasses
+
+    from ledger.earnings import EarningLine, PayeeEarnings
+    from ledger.payouts import Attempt, Payout, PayoutBook
+    from projections.read_model import ReadModel, _PayeeFacts
+
+    shape = {cls.__name__: " ".join(sorted(f.name for f in dataclasses.fields(cls)))
+             for cls in (PayeeEarnings, EarningLine, Payout, Attempt, _PayeeFacts)}
+    shape |= {type(obj).__name__: " ".join(sorted(vars(obj))) for obj in (ReadModel(), PayoutBook())}
+    assert shape == STATE_SHAPE.get(STATE_FORMAT), "the checkpointed classes changed: bump STATE_FORMAT"
