@@ -2,9 +2,13 @@
 
 Its state is rebuilt from ledger.events itself at every start, and is not kept in a Faust table: on
 this broker a SIGKILLed worker's restored table missed an update whose input offset had already
-been committed, so that payee's close was never decided (docs/decisions.md §20). After the rebuild
-the agent on ledger.events continues from the group's committed offsets and skips, by per-payee
-sequence, whatever the rebuild already applied. It never emits per input event. The agent on
+been committed, so that payee's close was never decided (docs/decisions.md §20). The rebuild starts
+from the aggregator's own checkpoint in PostgreSQL (processors/earnings_state.py) when it proves
+against the log, and folds only the tail after it; else it folds everything. After the rebuild the
+agent on ledger.events continues from the group's committed offsets and skips, by per-payee
+sequence, whatever the rebuild already applied. The agent remembers, per partition, the offset and
+bytes of the last record it folded; a timer writes the checkpoint (every N events or T seconds),
+pickling the state in the event loop and writing it in a thread. It never emits per input event. The agent on
 ledger.clock decides closes from the state at each tick and sends them to ledger.commands with
 deterministic ids: a close lost in a crash is decided again at the next tick, and one sent twice is
 dropped by the sequencer.
@@ -25,9 +29,12 @@ import faust
 
 from ledger.codec import EventCodec, UndecodableEvent
 from ledger.earnings import PayeeEarnings
+from processors.checkpoints import Cadence, announce, record_hash
+from processors.earnings_state import as_checkpoint, load_earnings, snapshot, store_for
+from processors.fault_points import crash_point
 from processors.kafka_io import ConsumerLag
-from processors.payout_run import fold_ledger
 from projections.payout_controls import read_pause
+from runtime.database import make_engine
 from runtime.logs import log_context
 from runtime.plans import plan_book
 from runtime.settings import Settings
@@ -35,6 +42,7 @@ from runtime.settings import Settings
 # A close refused by the sequencer never comes back: decide that payee again after this long.
 PENDING_EXPIRY_S = 300.0
 IDLE_CAUGHT_UP_S = 1.0
+CHECKPOINT_CHECK_S = 1.0
 logger = logging.getLogger("ledger.aggregator")
 
 
@@ -62,6 +70,25 @@ def make_app(settings: Settings, bootstrap: str, database_url: str) -> faust.App
     holding: dict[str, float] = {}  # topic -> monotonic time an agent took its current record
     last_seen: dict[str, float] = {}  # topic -> monotonic time an agent last finished a record
 
+    engine = make_engine(database_url)
+    store = store_for(engine)
+    cadence = Cadence(settings.checkpoint_every_events, settings.checkpoint_every_s)
+    covered: dict[int, int] = {}  # ledger.events partition -> next offset the state covers
+    proofs: dict[int, str] = {}  # partition -> hash of the record before that offset
+    last_values: dict[int, bytes] = {}  # partition -> bytes of the last record folded (hashed when written)
+
+    def cover(partition: int, offset: int, value: bytes) -> None:
+        if offset + 1 > covered.get(partition, 0):
+            covered[partition] = offset + 1
+            last_values[partition] = value
+
+    def write_checkpoint(blob: bytes, positions: dict[int, int], hashes: dict[int, str]) -> None:
+        at, proven = as_checkpoint(settings.topic_events, positions, hashes)
+        with engine.begin() as connection:
+            store.write(connection, at, proven, blob, sum(positions.values()))
+            crash_point("aggregator_checkpoint_before_commit")
+        crash_point("aggregator_checkpoint_after_commit")
+
     def took(topic: str, record) -> None:  # noqa: ANN001 - a Faust EventT
         holding[topic] = time.monotonic()
         if record.message.timestamp:
@@ -73,11 +100,34 @@ def make_app(settings: Settings, bootstrap: str, database_url: str) -> faust.App
 
     @app.task
     async def rebuild() -> None:
-        started = time.monotonic()
-        state.update(await asyncio.to_thread(fold_ledger, bootstrap, settings.topic_events, codec))
+        fold = await asyncio.to_thread(load_earnings, bootstrap, engine, settings.topic_events, codec)
+        state.update(fold.payees)
+        covered.update(fold.positions)
+        proofs.update(fold.proofs)
+        cadence.folded(fold.tail)  # a long replay is checkpointed at once, so the next start reads little
         ready.set()
-        logger.info("rebuilt %d payees from %s in %.2f s", len(state), settings.topic_events,
-                    time.monotonic() - started)
+        announce("aggregator", fold.resumed, fold.tail, fold.seconds, logger.info)
+        logger.info("rebuilt %d payees from %s in %.2f s", len(state), settings.topic_events, fold.seconds)
+
+    @app.timer(interval=CHECKPOINT_CHECK_S)
+    async def checkpoint() -> None:
+        if not ready.is_set() or not cadence.due():
+            return
+        # taken at once in the event loop: no agent changes the state between these lines
+        blob, positions = snapshot(state), dict(covered)
+        for partition, value in last_values.items():
+            proofs[partition] = record_hash(value)
+        last_values.clear()
+        cadence.written()
+        started = time.monotonic()
+        try:
+            await asyncio.to_thread(write_checkpoint, blob, positions, dict(proofs))
+        except Exception:  # noqa: BLE001 - the state is rebuilt from the log anyway; try again later
+            logger.exception("the checkpoint was not written; trying again in %.0f s", settings.checkpoint_every_s)
+            cadence.folded(1)
+            return
+        logger.debug("checkpoint of %d payees at %s written in %.2f s", len(state), positions,
+                     time.monotonic() - started)
 
     @app.timer(interval=IDLE_CAUGHT_UP_S)
     async def idle_lag() -> None:
@@ -97,6 +147,8 @@ def make_app(settings: Settings, bootstrap: str, database_url: str) -> faust.App
             with log_context(event_id=event.envelope.event_id, correlation_id=event.envelope.correlation_id,
                              payee_id=event.payee_id):
                 state.setdefault(event.payee_id, PayeeEarnings(event.payee_id)).apply(event)
+            cover(record.message.partition, record.message.offset, record.value)
+            cadence.folded(1)
             waiting = pending.get(event.payee_id)
             if waiting is not None:
                 waiting[0].discard(event.envelope.event_id)

@@ -1,7 +1,10 @@
 """The notifier: payouts settled or failed for good in ledger.events -> an outbox of payee notices -> sent.
 
-A plain confluent-kafka loop (like the sequencer, docs/decisions.md §12) in consumer group
-`ledger-notifier`. Each batch's notices are written to `payee_notifications` in one transaction (ON
+It reads ledger.events with the shared loop (processors/log_reader.LogReader) from consumer group
+`ledger-notifier`'s committed offsets; it keeps nothing per event in memory, so it needs no
+checkpoint of its own. librdkafka's read-ahead is bounded (processors/prefetch.py): with its
+defaults a notifier far behind (a first start on a long ledger) held a growing part of the history
+in memory, ~585 bytes per event read. Each batch's notices are written to `payee_notifications` in one transaction (ON
 CONFLICT (event_id, channel) DO NOTHING) and only then are the Kafka offsets committed, so a crash
 means reading some events again and the unique key makes that harmless: one notice per event and
 channel however often the ledger is read (also after `ledger up` restores a broker that lost its
@@ -13,21 +16,19 @@ processors/notification_delivery.py, run between batches against an injectable c
 from __future__ import annotations
 
 import logging
-import signal
-import threading
 import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any, Callable, Iterable
 
 import sqlalchemy
-from confluent_kafka import OFFSET_STORED, Consumer, KafkaException, TopicPartition
 from sqlalchemy.dialects.postgresql import JSONB, insert
 
 from ledger.codec import EventCodec, UndecodableEvent
 from ledger.events import Event
-from processors.kafka_io import topic_partitions
 from processors.ledger_replay import CorruptLedger
+from processors.log_reader import LogReader, StopFlag
+from processors.prefetch import BOUNDED_PREFETCH
 from processors.notification_delivery import DeliveryStats, deliver_due
 from runtime import metrics
 from runtime.database import make_engine
@@ -111,7 +112,7 @@ class Notifier:
         self.codec = codec or EventCodec()
         self.stats = NotifierStats()
         self.engine = make_engine(database_url)
-        self._stop = threading.Event()
+        self._stop = StopFlag()
 
     def stop(self) -> None:
         self._stop.set()
@@ -119,31 +120,19 @@ class Notifier:
     def run(self, idle_exit_s: float | None = None, handle_signals: bool = True) -> NotifierStats:
         """Record and deliver notices until stop() (SIGTERM/SIGINT), or until idle for idle_exit_s seconds."""
         if handle_signals:
-            for signum in (signal.SIGTERM, signal.SIGINT):
-                signal.signal(signum, lambda *_: self.stop())
+            self._stop.install()
         if not self.settings.smtp_host:
             log.warning("LEDGER_SMTP_HOST is not set: email notices will fail and be given up")
         if not self.settings.notify_webhook_secret:
             log.warning("LEDGER_NOTIFY_WEBHOOK_SECRET is not set: webhook notices will fail and be given up")
-        topic = self.settings.topic_events
-        consumer = Consumer({
-            "bootstrap.servers": self.bootstrap, "group.id": self.group_id, "enable.auto.commit": False,
-            "enable.auto.offset.store": False, "auto.offset.reset": "earliest", "fetch.wait.max.ms": 50,
-        })
-        # assign(), not subscribe(): it starts at once (subscribe waits ~23 s for a group join on Tansu)
-        consumer.assign([TopicPartition(topic, p, OFFSET_STORED) for p in topic_partitions(self.bootstrap, topic)])
+        reader = LogReader(self.bootstrap, "notifier", {self.settings.topic_events: None}, group_id=self.group_id,
+                           batch_max=BATCH_MAX, wait_s=0.2, config=BOUNDED_PREFETCH)
         last_activity = time.monotonic()
         try:
             while not self._stop.is_set():
-                messages = consumer.consume(BATCH_MAX, 0.2)
-                for message in messages:
-                    if message.error() is not None:
-                        if message.error().fatal():
-                            raise KafkaException(message.error())
-                        log.warning("consumer: %s", message.error().str())  # transient: librdkafka retries
-                good = [message for message in messages if message.error() is None]
+                good = reader.poll()
                 if good:
-                    self._record_batch(consumer, good)
+                    self._record_batch(reader, good)
                     last_activity = time.monotonic()
                 delivered = self.deliver_due()
                 if delivered.sent or delivered.retried or delivered.given_up:
@@ -151,7 +140,7 @@ class Notifier:
                 if idle_exit_s is not None and time.monotonic() - last_activity >= idle_exit_s:
                     break
         finally:
-            consumer.close()
+            reader.close()
             self.engine.dispose()
         return self.stats
 
@@ -162,7 +151,7 @@ class Notifier:
         self.stats.given_up += delivered.given_up
         return delivered
 
-    def _record_batch(self, consumer: Consumer, messages: list) -> None:
+    def _record_batch(self, reader: LogReader, messages: list) -> None:
         events = []
         for message in messages:
             try:
@@ -171,13 +160,7 @@ class Notifier:
                 where = f"{message.topic()}[{message.partition()}]@{message.offset()}"
                 raise CorruptLedger(f"{where}: {exc.reason}") from None
         self.record(events)
-        # the outbox rows are committed: only now may the input position move past these events
-        positions: dict[tuple[str, int], int] = {}
-        for message in messages:
-            where = (message.topic(), message.partition())
-            positions[where] = max(positions.get(where, -1), message.offset() + 1)
-        consumer.commit(offsets=[TopicPartition(topic, partition, offset)
-                                 for (topic, partition), offset in positions.items()], asynchronous=False)
+        reader.commit(messages)  # the outbox rows are committed: only now may the input position move past these events
         self.stats.events += len(events)
         self.stats.batches += 1
 

@@ -14,6 +14,8 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any, Callable
 
+import sqlalchemy
+
 from ledger import payouts as records
 from ledger.codec import EventCodec
 from ledger.currencies import UnknownCurrency, currency
@@ -23,6 +25,7 @@ from ledger.payouts import Payout, PayoutBook, PayoutStatus
 from processors.payout_run import ledger_for_decisions, requested_totals, send_commands
 from processors.payout_state import await_verdict, load_book
 from projections.payout_controls import read_pause
+from runtime.database import make_engine
 from runtime.plans import plan_book
 from runtime.settings import Settings
 
@@ -143,6 +146,17 @@ class Operations:
                  clock: Callable[[], datetime] = lambda: datetime.now(timezone.utc)) -> None:
         self.settings, self.bootstrap, self.database_url, self.clock = settings, bootstrap, database_url, clock
         self.codec = EventCodec()
+        self._engine: sqlalchemy.Engine | None = None
+
+    @property
+    def engine(self) -> sqlalchemy.Engine:
+        if self._engine is None:
+            self._engine = make_engine(self.database_url)
+        return self._engine
+
+    def _ledger_for_decisions(self) -> tuple[dict[str, PayeeEarnings], list[Event]]:
+        return ledger_for_decisions(self.bootstrap, self.engine, self.settings.topic_events,
+                                    self.settings.topic_commands, self.settings.sequencer_group, self.codec)
 
     # --- reading -------------------------------------------------------------------------------
 
@@ -172,8 +186,7 @@ class Operations:
                                 f"({pause.reason}): resume them first")
 
     def _earnings_of(self, payee_id: str) -> PayeeEarnings:
-        payees, waiting = ledger_for_decisions(self.bootstrap, self.settings.topic_events,
-                                               self.settings.topic_commands, self.codec)
+        payees, waiting = self._ledger_for_decisions()
         if any(event.payee_id == payee_id for event in waiting):
             raise LedgerBehind(f"{payee_id} has close decisions not in the ledger yet: is `ledger sequencer` running?")
         return payees.get(payee_id, PayeeEarnings(payee_id))
@@ -259,8 +272,7 @@ class Operations:
         """The ledger's earnings, once no close decision waits for the sequencer (or after settle_s)."""
         deadline = time.monotonic() + settle_s
         while True:
-            payees, waiting = ledger_for_decisions(self.bootstrap, self.settings.topic_events,
-                                                   self.settings.topic_commands, self.codec)
+            payees, waiting = self._ledger_for_decisions()
             if not waiting or time.monotonic() >= deadline:
                 return payees, waiting
             time.sleep(0.5)  # the sequencer chains within milliseconds when it runs; bounded by settle_s

@@ -1,8 +1,14 @@
-"""A payout run: fold ledger.events into every payee's earnings and decide the closes due at a time.
+"""A payout run: every payee's earnings, and the closes due at a time.
 
-The decisions are events with deterministic ids (one per payee, period and currency), sent to
+The earnings come from the aggregator's checkpoint plus the tail of ledger.events after it
+(processors/earnings_state.py; the whole log only when there is no checkpoint that proves). The
+decisions are events with deterministic ids (one per payee, period and currency), sent to
 ledger.commands for the sequencer to chain. Running the same run twice, or a crashed run again,
 sends the same ids, and the sequencer drops what it already chained: nobody is paid twice.
+
+Close decisions still waiting in ledger.commands are looked for only after the sequencer's committed
+offsets there: everything before them was chained or refused already (the sequencer commits only
+after its outputs are acknowledged).
 """
 
 from __future__ import annotations
@@ -11,15 +17,22 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Iterable
 
+import logging
+import time
+
+import sqlalchemy
+from confluent_kafka import Consumer, TopicPartition
+
 from ledger.codec import EventCodec, UndecodableEvent
 from ledger.commission import PlanBook
 from ledger.earnings import PayeeEarnings, PayoutPolicy
 from ledger.events import Event
-from processors.kafka_io import DeliveryTracker, flush_or_raise, make_producer, read_topic
+from processors.earnings_state import CLOSE_TYPES, load_earnings
+from processors.kafka_io import CLIENT_LOG, DeliveryTracker, flush_or_raise, make_producer, read_topic, topic_partitions
 from processors.ledger_replay import CorruptLedger
+from processors.log_reader import LogReader
 
-
-CLOSE_TYPES = ("PayoutRequested", "BalanceCarried")
+logger = logging.getLogger("ledger.run")
 
 
 def fold_ledger(bootstrap: str, topic: str, codec: EventCodec, timeout_s: float = 600.0,
@@ -37,29 +50,68 @@ def fold_ledger(bootstrap: str, topic: str, codec: EventCodec, timeout_s: float 
     return payees
 
 
-def unchained_closes(bootstrap: str, commands_topic: str, chained: set[str], codec: EventCodec) -> list[Event]:
-    """Close decisions waiting in ledger.commands that are not in the ledger yet.
+def processed_offsets(bootstrap: str, group_id: str, topic: str, timeout_s: float = 10.0) -> dict[int, int]:
+    """The next offset per partition of `topic` that the consumer group has committed (0 where none)."""
+    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": group_id, "enable.auto.commit": False,
+                         "logger": CLIENT_LOG})
+    try:
+        committed = consumer.committed([TopicPartition(topic, p) for p in topic_partitions(bootstrap, topic)],
+                                       timeout=timeout_s)
+    finally:
+        consumer.close()
+    return {tp.partition: max(tp.offset, 0) for tp in committed}
+
+
+def unchained_closes(bootstrap: str, commands_topic: str, chained: set[str], codec: EventCodec,
+                     starts: dict[int, int] | None = None, timeout_s: float = 60.0) -> list[Event]:
+    """Close decisions waiting in ledger.commands (from `starts`, else the beginning) that are not in `chained`.
 
     Deciding again while they wait could decide a period twice with different content, and base later
     periods on a close that the sequencer then refuses; so a run waits for them to be chained.
     """
+    reader = LogReader(bootstrap, "payout-run", {commands_topic: starts or {}}, batch_max=5_000)
     waiting = []
-    for record in read_topic(bootstrap, commands_topic):
-        try:
-            event = codec.decode(record.value or b"")
-        except UndecodableEvent:
-            continue  # the sequencer dead-letters it; it is no decision of ours
-        if event.event_type in CLOSE_TYPES and event.envelope.event_id not in chained:
-            waiting.append(event)
+    deadline = time.monotonic() + timeout_s
+    try:
+        while not reader.caught_up:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"reading {commands_topic} took more than {timeout_s} s")
+            for message in reader.poll():
+                try:
+                    event = codec.decode(message.value() or b"")
+                except UndecodableEvent:
+                    continue  # the sequencer dead-letters it; it is no decision of ours
+                if event.event_type in CLOSE_TYPES and event.envelope.event_id not in chained:
+                    waiting.append(event)
+    finally:
+        reader.close()
     return waiting
 
 
-def ledger_for_decisions(bootstrap: str, events_topic: str, commands_topic: str,
-                         codec: EventCodec) -> tuple[dict[str, PayeeEarnings], list[Event]]:
-    """Every payee's earnings, and the close decisions still waiting to be chained (decide on top of none)."""
-    chained: set[str] = set()
-    payees = fold_ledger(bootstrap, events_topic, codec, close_ids=chained)
-    return payees, unchained_closes(bootstrap, commands_topic, chained, codec)
+def archived(engine: sqlalchemy.Engine, event_ids: list[str]) -> set[str]:
+    """Which of these events the projector has archived (so they are chained)."""
+    if not event_ids:
+        return set()
+    with engine.connect() as connection:
+        return set(connection.execute(sqlalchemy.text("SELECT event_id FROM event_archive WHERE event_id = ANY(:ids)"),
+                                      {"ids": event_ids}).scalars())
+
+
+def ledger_for_decisions(bootstrap: str, engine: sqlalchemy.Engine, events_topic: str, commands_topic: str,
+                         sequencer_group: str, codec: EventCodec) -> tuple[dict[str, PayeeEarnings], list[Event]]:
+    """Every payee's earnings (aggregator checkpoint + tail, read-only), and the close decisions still
+    waiting to be chained (decide on top of none).
+
+    The sequencer's committed offsets on ledger.commands are read first: what it committed before
+    them is in ledger.events before the end that the fold then reaches. A close after them is
+    chained if it is in the folded tail or in the projector's archive; otherwise it waits (when it
+    was chained before the aggregator's checkpoint but the sequencer died before committing, the run
+    waits for the sequencer to come back, which is the safe side)."""
+    processed = processed_offsets(bootstrap, sequencer_group, commands_topic)
+    fold = load_earnings(bootstrap, engine, events_topic, codec, close_ids=True, log=logger.debug)
+    waiting = unchained_closes(bootstrap, commands_topic, fold.chained, codec, processed)
+    found = archived(engine, sorted({event.envelope.event_id for event in waiting}))
+    return fold.payees, [event for event in waiting if event.envelope.event_id not in found]
 
 
 @dataclass(frozen=True)
