@@ -15,8 +15,14 @@ from rich.table import Table
 from commands.output import console, emit_json, fail
 from commands.payouts_command import payouts
 from ledger.payouts import Payout, PayoutBook, PayoutStatus
-from processors.operations import ActionResult, OperationRefused, Operations, PayoutsPaused
-from processors.payout_state import load_book, payout_detail, payout_summary
+from processors.operations import (
+    ActionResult,
+    OperationRefused,
+    Operations,
+    PayoutsPaused,
+)
+from processors.payout_state import payout_book, payout_detail, payout_summary
+from runtime.database import make_engine
 from runtime.settings import Settings
 from runtime.stack import connections
 
@@ -30,8 +36,18 @@ def _operations(settings: Settings) -> Operations:
     return Operations(settings, bootstrap, database_url)
 
 
-def _find(settings: Settings, bootstrap: str, payout_id: str, book: PayoutBook | None = None) -> Payout:
-    payout = (book or load_book(bootstrap, settings.topic_events)).get(payout_id)
+def _book(settings: Settings, **which: str | None) -> PayoutBook:
+    """Payouts from the projector's archive plus the log's tail (processors/payout_state.payout_book)."""
+    bootstrap, database_url = connections(settings)
+    engine = make_engine(database_url)
+    try:
+        return payout_book(bootstrap, engine, settings.topic_events, **which)
+    finally:
+        engine.dispose()
+
+
+def _find(settings: Settings, payout_id: str) -> Payout:
+    payout = _book(settings, payout_id=payout_id).get(payout_id)
     if payout is None:
         fail(f"payout {payout_id!r} is not in the ledger")
     return payout
@@ -63,8 +79,7 @@ def act(action: Callable[[], ActionResult], as_json: bool, done: Callable[[Actio
 def list_payouts(statuses: tuple[str, ...], payee: str | None, method: str | None, limit: int, as_json: bool) -> None:
     """Payouts folded from the ledger, newest request first."""
     settings = Settings()
-    bootstrap, _ = connections(settings)
-    found = [p for p in load_book(bootstrap, settings.topic_events).payouts.values()
+    found = [p for p in _book(settings, payee_id=payee).payouts.values()
              if (not statuses or p.status.value in statuses) and (payee is None or p.payee_id == payee)
              and (method is None or p.method == method)]
     found.sort(key=lambda p: (p.requested_at, p.payout_id), reverse=True)
@@ -88,9 +103,7 @@ def list_payouts(statuses: tuple[str, ...], payee: str | None, method: str | Non
 @click.option("--json", "as_json", is_flag=True)
 def show(payout_id: str, as_json: bool) -> None:
     """A payout: amounts, status, provider reference and every attempt."""
-    settings = Settings()
-    bootstrap, _ = connections(settings)
-    detail = payout_detail(_find(settings, bootstrap, payout_id))
+    detail = payout_detail(_find(Settings(), payout_id))
     if as_json:
         emit_json(detail)
         return

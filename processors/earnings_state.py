@@ -24,7 +24,7 @@ import sqlalchemy
 
 from ledger.codec import EventCodec, UndecodableEvent
 from ledger.earnings import PayeeEarnings
-from processors.checkpoints import CheckpointStore, Proofs, Positions, Resume, resume
+from processors.checkpoints import CheckpointStore, Positions, Proofs, Resume, resume
 from processors.ledger_replay import CorruptLedger
 from processors.log_reader import LogReader
 from processors.prefetch import BOUNDED_PREFETCH

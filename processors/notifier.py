@@ -28,8 +28,8 @@ from ledger.codec import EventCodec, UndecodableEvent
 from ledger.events import Event
 from processors.ledger_replay import CorruptLedger
 from processors.log_reader import LogReader, StopFlag
-from processors.prefetch import BOUNDED_PREFETCH
 from processors.notification_delivery import DeliveryStats, deliver_due
+from processors.prefetch import BOUNDED_PREFETCH
 from runtime import metrics
 from runtime.database import make_engine
 from runtime.settings import Settings

@@ -23,7 +23,7 @@ from ledger.earnings import ManualPayoutRefused, PayeeEarnings, close_id
 from ledger.events import Event
 from ledger.payouts import Payout, PayoutBook, PayoutStatus
 from processors.payout_run import ledger_for_decisions, requested_totals, send_commands
-from processors.payout_state import await_verdict, load_book
+from processors.payout_state import await_verdict, payout_book
 from projections.payout_controls import read_pause
 from runtime.database import make_engine
 from runtime.plans import plan_book
@@ -160,11 +160,12 @@ class Operations:
 
     # --- reading -------------------------------------------------------------------------------
 
-    def book(self) -> PayoutBook:
-        return load_book(self.bootstrap, self.settings.topic_events, self.codec)
+    def book(self, payout_id: str | None = None) -> PayoutBook:
+        """Payouts from the projector's archive plus the tail of the log (those of one payout's payee if given)."""
+        return payout_book(self.bootstrap, self.engine, self.settings.topic_events, self.codec, payout_id=payout_id)
 
     def find(self, payout_id: str, book: PayoutBook | None = None) -> Payout:
-        payout = (book or self.book()).get(payout_id)
+        payout = (book or self.book(payout_id)).get(payout_id)
         if payout is None:
             raise NotFound(f"payout {payout_id!r} is not in the ledger")
         return payout
@@ -196,7 +197,7 @@ class Operations:
     def retry(self, payout_id: str, actor: str, wait_s: float) -> ActionResult:
         """Waiting for a retry: attempt now. Failed: request a new early payout of the returned money,
         once per failed payout (request id retry:PAYOUT_ID), so repeating never pays twice."""
-        book = self.book()
+        book = self.book(payout_id)  # also holds the payee's earlier retry payouts
         payout = self.find(payout_id, book)
         now = self.clock()
         if payout.status is PayoutStatus.RETRY_WAIT:

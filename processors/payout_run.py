@@ -13,12 +13,11 @@ after its outputs are acknowledged).
 
 from __future__ import annotations
 
+import logging
+import time
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Iterable
-
-import logging
-import time
 
 import sqlalchemy
 from confluent_kafka import Consumer, TopicPartition
@@ -28,7 +27,14 @@ from ledger.commission import PlanBook
 from ledger.earnings import PayeeEarnings, PayoutPolicy
 from ledger.events import Event
 from processors.earnings_state import CLOSE_TYPES, load_earnings
-from processors.kafka_io import CLIENT_LOG, DeliveryTracker, flush_or_raise, make_producer, read_topic, topic_partitions
+from processors.kafka_io import (
+    CLIENT_LOG,
+    DeliveryTracker,
+    flush_or_raise,
+    make_producer,
+    read_topic,
+    topic_partitions,
+)
 from processors.ledger_replay import CorruptLedger
 from processors.log_reader import LogReader
 

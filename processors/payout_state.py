@@ -1,17 +1,26 @@
-"""Payouts as the ledger says they are (for operator commands), and waiting for an operator's event."""
+"""Payouts as the ledger says they are (for operator commands), and waiting for an operator's event.
+
+`payout_book` does not fold the whole log: it reads the payout events that the projector has archived
+(event_archive, written in the same transaction as its positions in projection_positions) and then
+only the tail of ledger.events after those positions. Without a projector that tail is the whole
+log, as before. PayoutBook.apply is idempotent by event id, so an event seen in both is harmless.
+"""
 
 from __future__ import annotations
 
 import time
 from typing import Any
 
+import sqlalchemy
 from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 
 from ledger.codec import EventCodec, UndecodableEvent
-from ledger.payouts import Payout, PayoutBook
+from ledger.payouts import LIFECYCLE_TYPES, Payout, PayoutBook
 from processors.dead_letters import parse_entry
 from processors.kafka_io import Record, read_topic, topic_partitions
 from processors.ledger_replay import CorruptLedger
+from processors.log_reader import LogReader
+from processors.prefetch import BOUNDED_PREFETCH
 from runtime.settings import Settings
 
 
@@ -23,6 +32,46 @@ def load_book(bootstrap: str, topic: str, codec: EventCodec | None = None) -> Pa
             book.apply(codec.decode(record.value or b""))
         except UndecodableEvent as exc:
             raise CorruptLedger(f"{topic}[{record.partition}]@{record.offset}: {exc.reason}") from None
+    return book
+
+
+PROJECTOR = "read-models"  # projections/projector.NAME: whose positions say what the archive holds
+
+
+def payout_book(bootstrap: str, engine: sqlalchemy.Engine, topic: str, codec: EventCodec | None = None, *,
+                payout_id: str | None = None, payee_id: str | None = None, timeout_s: float = 600.0) -> PayoutBook:
+    """The payouts (of one payee, or of the payee of one payout, or all) from the archive plus the log's tail."""
+    codec = codec or EventCodec()
+    book = PayoutBook()
+    with engine.connect() as connection:
+        positions = dict(connection.execute(sqlalchemy.text(
+            "SELECT partition, next_offset FROM projection_positions WHERE projector = :p AND topic = :t"),
+            {"p": PROJECTOR, "t": topic}).all())
+        if payout_id is not None and payee_id is None:
+            payee_id = connection.execute(sqlalchemy.text("SELECT payee_id FROM payouts WHERE payout_id = :id"),
+                                          {"id": payout_id}).scalar()  # None: not projected (yet): in the tail
+        if positions and (payout_id is None or payee_id is not None):
+            query = ("SELECT encoded FROM event_archive WHERE event_type = ANY(:types)"
+                     + (" AND payee_id = :payee" if payee_id is not None else "") + " ORDER BY payee_id, sequence")
+            rows = connection.execution_options(stream_results=True, max_row_buffer=1000).execute(
+                sqlalchemy.text(query), {"types": sorted(LIFECYCLE_TYPES), "payee": payee_id})
+            for (encoded,) in rows:
+                book.apply(codec.decode(bytes(encoded)))
+    reader = LogReader(bootstrap, "payout-book", {topic: positions}, batch_max=5_000, config=BOUNDED_PREFETCH)
+    deadline = time.monotonic() + timeout_s
+    try:
+        while not reader.caught_up:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"reading the tail of {topic} took more than {timeout_s} s")
+            for message in reader.poll():
+                try:
+                    event = codec.decode(message.value() or b"")
+                except UndecodableEvent as exc:
+                    raise CorruptLedger(f"{topic}[{message.partition()}]@{message.offset()}: {exc.reason}") from None
+                if payee_id is None or event.payee_id == payee_id:
+                    book.apply(event)
+    finally:
+        reader.close()
     return book
 
 

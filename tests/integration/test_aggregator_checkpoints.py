@@ -19,8 +19,20 @@ from processors.kafka_io import read_topic
 from processors.ledger_client import LedgerClient
 from runtime.database import make_engine
 from tests.integration.cli_env import LEDGER, env_for, run_ledger_json
-from tests.integration.sequencing_helpers import chain_breaks, ledger_events, run_sequencer
-from tests.integration.test_aggregator import DEADLINE_S, caught_up, ledger_cli, pay, payouts, poll, tick_and_chain
+from tests.integration.sequencing_helpers import (
+    chain_breaks,
+    ledger_events,
+    run_sequencer,
+)
+from tests.integration.test_aggregator import (
+    DEADLINE_S,
+    caught_up,
+    ledger_cli,
+    pay,
+    payouts,
+    poll,
+    tick_and_chain,
+)
 
 AT_FIRST, AT_SECOND = "2026-11-21T06:00:00Z", "2026-11-22T06:00:00Z"
 EXPECTED = [
@@ -103,7 +115,7 @@ def edit(settings, sql: str) -> None:
                 positions = connection.execute(sqlalchemy.text(
                     "SELECT positions FROM processor_checkpoints WHERE processor = 'aggregator'")).scalar_one()
                 parts = positions[settings.topic_events]
-                first = sorted(parts)[0]
+                first = min(parts)
                 parts[first] += 50
                 sql = f"UPDATE processor_checkpoints SET positions = '{json.dumps(positions)}'::jsonb"
             connection.execute(sqlalchemy.text(sql))
@@ -236,7 +248,7 @@ def test_a_checkpoint_that_does_not_prove_means_a_full_replay_and_the_right_clos
         ]
         since = None
         for sql, says in breakages:
-            poll(lambda: checkpointed_to_end(settings, since), "a good checkpoint to break")
+            poll(lambda since=since: checkpointed_to_end(settings, since), "a good checkpoint to break")
             worker.kill()
             since = checkpoint_row(settings)["written_at"]
             edit(settings, sql)
