@@ -20,6 +20,7 @@ from confluent_kafka import OFFSET_STORED, Consumer, KafkaError, KafkaException,
 
 from processors.checkpoints import Positions, Proofs, record_hash
 from processors.kafka_io import CLIENT_LOG, ConsumerLag, topic_partitions
+from processors.prefetch import BOUNDED_PREFETCH
 
 logger = logging.getLogger("ledger.reader")
 
@@ -73,7 +74,8 @@ class LogReader:
         self.consumer = Consumer({
             "bootstrap.servers": bootstrap, "group.id": group_id or f"ledger-{processor}-reader",
             "enable.auto.commit": False, "enable.auto.offset.store": False, "enable.partition.eof": True,
-            "auto.offset.reset": "earliest", "fetch.wait.max.ms": 50, "logger": CLIENT_LOG, **(config or {})})
+            "auto.offset.reset": "earliest", "fetch.wait.max.ms": 50, "logger": CLIENT_LOG,
+            **BOUNDED_PREFETCH, **(config or {})})  # a reader far behind must not hold the history in its queue
         self.consumer.assign(assignment)
 
     @property

@@ -1,4 +1,4 @@
-"""librdkafka's read-ahead, bounded: pass as LogReader(config=BOUNDED_PREFETCH) for a reader that may be far behind.
+"""librdkafka's read-ahead, bounded: every LogReader uses these (a reader may be far behind the log's end).
 
 By default a consumer buffers up to 100,000 records per partition (queued.min.messages) and fetches
 up to 1 MiB per partition and 50 MiB per request ahead of the loop that handles them. A reader that
