@@ -22,11 +22,13 @@ from datetime import datetime, timezone
 from typing import Any, Callable, Iterable
 
 import sqlalchemy
+from confluent_kafka import Consumer, TopicPartition
 from sqlalchemy.dialects.postgresql import JSONB, insert
 
 from ledger.codec import EventCodec, UndecodableEvent
 from ledger.events import Event
 from processors.ledger_replay import CorruptLedger
+from processors.kafka_io import topic_partitions
 from processors.log_reader import LogReader, StopFlag
 from processors.notification_delivery import DeliveryStats, deliver_due
 from processors.prefetch import BOUNDED_PREFETCH
@@ -125,15 +127,21 @@ class Notifier:
             log.warning("LEDGER_SMTP_HOST is not set: email notices will fail and be given up")
         if not self.settings.notify_webhook_secret:
             log.warning("LEDGER_NOTIFY_WEBHOOK_SECRET is not set: webhook notices will fail and be given up")
+        started = time.monotonic()
+        missing = self._uncommitted_partitions()
         reader = LogReader(self.bootstrap, "notifier", {self.settings.topic_events: None}, group_id=self.group_id,
                            batch_max=BATCH_MAX, wait_s=0.2, config=BOUNDED_PREFETCH)
         last_activity = time.monotonic()
+        announced = False
         try:
             while not self._stop.is_set():
                 good = reader.poll()
                 if good:
                     self._record_batch(reader, good)
                     last_activity = time.monotonic()
+                if not announced and reader.caught_up:
+                    announced = True
+                    self._announce(missing, reader.records, time.monotonic() - started)
                 delivered = self.deliver_due()
                 if delivered.sent or delivered.retried or delivered.given_up:
                     last_activity = time.monotonic()
@@ -143,6 +151,30 @@ class Notifier:
             reader.close()
             self.engine.dispose()
         return self.stats
+
+    def _uncommitted_partitions(self) -> list[int]:
+        """Partitions of ledger.events with no committed offset for this group (read from their beginning)."""
+        topic = self.settings.topic_events
+        consumer = Consumer({"bootstrap.servers": self.bootstrap, "group.id": self.group_id,
+                             "enable.auto.commit": False})
+        try:
+            committed = consumer.committed([TopicPartition(topic, p) for p in topic_partitions(self.bootstrap, topic)],
+                                           timeout=10)
+            return sorted(tp.partition for tp in committed if tp.offset < 0  # an empty partition has nothing to read
+                          and consumer.get_watermark_offsets(TopicPartition(topic, tp.partition), timeout=10)[1] > 0)
+        finally:
+            consumer.close()
+
+    def _announce(self, missing: list[int], records: int, seconds: float) -> None:
+        """The start line: its state is the outbox in PostgreSQL, its position the group's committed offsets."""
+        metrics.CHECKPOINT_TAIL.labels("notifier").set(records)
+        if missing:
+            log.info("full replay (no committed offsets for partitions %s of %s; the outbox's unique key keeps "
+                     "each notice single): %d records read in %.2f s", missing, self.settings.topic_events, records,
+                     seconds)
+        else:
+            log.info("resumed from committed offsets of %s: %d records of tail read in %.2f s",
+                     self.group_id, records, seconds)
 
     def deliver_due(self) -> DeliveryStats:
         delivered = deliver_due(self.engine, self.settings, self.clock, limit=DELIVERY_BATCH)
