@@ -33,8 +33,7 @@ from typing import Any, Callable, Iterable, Mapping
 import sqlalchemy
 from confluent_kafka import Consumer, KafkaError, TopicPartition
 
-from processors.kafka_io import CLIENT_LOG, topic_partitions
-from processors.log_end import end_offsets
+from processors.kafka_io import CLIENT_LOG
 from runtime import metrics
 
 Positions = dict[str, dict[int, int]]  # topic -> partition -> next offset
@@ -146,49 +145,56 @@ class CheckpointStore:
 
 def prove(bootstrap: str, checkpoint: Checkpoint, timeout_s: float = PROOF_TIMEOUT_S) -> tuple[str, str]:
     """("", "") when the log still holds, at every covered position, the record the checkpoint was written
-    after; else (reason, kind). Reads one record per covered partition."""
-    wanted: dict[tuple[str, int], int] = {}
-    for topic, parts in checkpoint.positions.items():
-        existing = set(topic_partitions(bootstrap, topic))
-        if set(parts) - existing:
-            return (f"{topic} has partitions {sorted(existing)}, the checkpoint covers {sorted(parts)} "
-                    "(another broker or topic layout)"), "partitions"
-        ends = end_offsets(bootstrap, topic, timeout_s) if any(offset > 0 for offset in parts.values()) else {}
-        for partition, offset in sorted(parts.items()):
-            if offset > ends.get(partition, 0):
-                return (f"the checkpoint is ahead of the log: {topic}[{partition}] ends at offset {ends.get(partition, 0)}, "
-                        f"the checkpoint covers up to {offset} (a shorter or restored log)"), "ahead"
-        wanted.update({(topic, partition): offset - 1 for partition, offset in parts.items() if offset > 0})
-    if not wanted:
-        return "", ""
+    after; else (reason, kind).
+
+    One consumer: per covered partition it reads from the record before the position, or from the last
+    batch when the high watermark is lower (Tansu's is the last batch's base offset + 1, and it answers
+    nothing at all for a fetch past the end), forward to that record or to the partition's end."""
     consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": "ledger-checkpoint-proof",
                          "enable.auto.commit": False, "enable.partition.eof": True, "auto.offset.reset": "error",
                          "fetch.wait.max.ms": 20, "logger": CLIENT_LOG})
     try:
-        consumer.assign([TopicPartition(topic, partition, offset) for (topic, partition), offset in wanted.items()])
-        open_parts = dict(wanted)
+        wanted: dict[tuple[str, int], int] = {}
+        starts: list[TopicPartition] = []
+        for topic, parts in checkpoint.positions.items():
+            metadata = consumer.list_topics(topic, timeout=timeout_s).topics.get(topic)
+            existing = set(metadata.partitions) if metadata is not None and metadata.error is None else set()
+            if set(parts) - existing:
+                return (f"{topic} has partitions {sorted(existing)}, the checkpoint covers {sorted(parts)} "
+                        "(another broker or topic layout)"), "partitions"
+            for partition, offset in sorted(parts.items()):
+                if offset <= 0:
+                    continue
+                low, high = consumer.get_watermark_offsets(TopicPartition(topic, partition), timeout=timeout_s)
+                if offset - 1 < low:
+                    return (f"{topic}[{partition}] no longer holds offset {offset - 1} (it starts at {low}): the "
+                            "record the checkpoint was written after is gone"), "mismatch"
+                wanted[(topic, partition)] = offset - 1
+                starts.append(TopicPartition(topic, partition, min(offset - 1, max(high - 1, low))))
+        if not wanted:
+            return "", ""
+        consumer.assign(starts)
         deadline = time.monotonic() + timeout_s
-        while open_parts:
+        while wanted:
             if time.monotonic() > deadline:
-                raise TimeoutError(f"proving the checkpoint: no answer for {sorted(open_parts)} within {timeout_s} s")
+                raise TimeoutError(f"proving the checkpoint: no answer for {sorted(wanted)} within {timeout_s} s")
             message = consumer.poll(0.2)
             if message is None:
                 continue
             where = (message.topic(), message.partition())
+            if where not in wanted:
+                continue
             error = message.error()
             if error is not None:
                 if error.code() in (KafkaError._PARTITION_EOF, KafkaError.OFFSET_OUT_OF_RANGE,
-                                    KafkaError._AUTO_OFFSET_RESET) and where in open_parts:
-                    return (f"the checkpoint is ahead of the log: {where[0]}[{where[1]}] has no record at offset "
-                            f"{open_parts[where]} (a shorter or restored log)"), "ahead"
-                if error.code() == KafkaError._PARTITION_EOF:
-                    continue
+                                    KafkaError._AUTO_OFFSET_RESET):
+                    return (f"the checkpoint is ahead of the log: {where[0]}[{where[1]}] ends before offset "
+                            f"{wanted[where] + 1}, the position it covers (a shorter or restored log)"), "ahead"
                 raise RuntimeError(f"proving the checkpoint: {error.str()}")
-            if where not in open_parts:
-                continue
-            offset = open_parts.pop(where)
-            expected = checkpoint.proofs[where[0]][where[1]]
-            if message.offset() != offset or record_hash(message.value()) != expected:
+            if message.offset() < wanted[where]:
+                continue  # the last batch, on the way to the record
+            offset = wanted.pop(where)
+            if message.offset() != offset or record_hash(message.value()) != checkpoint.proofs[where[0]][where[1]]:
                 return (f"{where[0]}[{where[1]}]@{offset} is not the record the checkpoint was written after "
                         "(another broker, a restore with new offsets, or an edited row)"), "mismatch"
         return "", ""
