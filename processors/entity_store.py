@@ -13,10 +13,9 @@ import pickle
 from typing import Any, Iterable, Mapping
 
 import sqlalchemy
-from sqlalchemy.dialects.postgresql import insert
 
-_ENTITIES = sqlalchemy.table("processor_entities", *(sqlalchemy.column(name) for name in (
-    "processor", "kind", "key", "state")))
+from runtime.database import insert_values
+
 
 
 class EntityStore:
@@ -36,11 +35,10 @@ class EntityStore:
     def put_many(self, connection: sqlalchemy.Connection, kind: str, items: Mapping[str, Any]) -> None:
         if not items:
             return
-        rows = [{"processor": self.processor, "kind": kind, "key": key,
-                 "state": pickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL)} for key, value in items.items()]
-        statement = insert(_ENTITIES)
-        connection.execute(statement.on_conflict_do_update(
-            index_elements=["processor", "kind", "key"], set_={"state": statement.excluded.state}), rows)
+        insert_values(connection, "INSERT INTO processor_entities (processor, kind, key, state) VALUES %s "
+                      "ON CONFLICT (processor, kind, key) DO UPDATE SET state = EXCLUDED.state",
+                      [(self.processor, kind, key, pickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL))
+                       for key, value in items.items()])
 
     def delete_many(self, connection: sqlalchemy.Connection, kind: str, keys: Iterable[str]) -> None:
         wanted = sorted(set(keys))

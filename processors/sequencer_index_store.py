@@ -12,16 +12,13 @@ from __future__ import annotations
 from typing import Collection, Mapping
 
 import sqlalchemy
-from sqlalchemy.dialects.postgresql import insert
 
 from ledger.ledger_index import IndexChanges, PaymentFacts
 from ledger.money import Money
 from ledger.payouts import Payout
 from processors.entity_store import EntityStore
+from runtime.database import insert_values
 
-_RECORDED = sqlalchemy.table("sequencer_recorded", *(sqlalchemy.column(n) for n in ("dedupe_key", "event_id", "digest")))
-_PAYMENTS = sqlalchemy.table("sequencer_payments", *(sqlalchemy.column(n) for n in (
-    "payment_id", "payee_id", "currency", "amount_minor", "refunded_minor")))
 
 
 class PostgresIndexBacking:
@@ -49,17 +46,14 @@ class PostgresIndexBacking:
 
     def store(self, connection: sqlalchemy.Connection, changes: IndexChanges) -> None:
         """Write what the index handed over, in the caller's transaction (the checkpoint's)."""
-        if changes.recorded:
-            connection.execute(insert(_RECORDED).on_conflict_do_nothing(index_elements=["dedupe_key"]), [
-                {"dedupe_key": key, "event_id": event_id, "digest": digest}
-                for key, (event_id, digest) in changes.recorded.items()])
-        if changes.payments:
-            statement = insert(_PAYMENTS)
-            connection.execute(statement.on_conflict_do_update(
-                index_elements=["payment_id"], set_={"refunded_minor": statement.excluded.refunded_minor}), [
-                {"payment_id": p.payment_id, "payee_id": p.payee_id, "currency": p.amount.currency.code,
-                 "amount_minor": p.amount.amount_minor, "refunded_minor": p.refunded.amount_minor}
-                for p in changes.payments])
+        insert_values(connection, "INSERT INTO sequencer_recorded (dedupe_key, event_id, digest) VALUES %s "
+                      "ON CONFLICT (dedupe_key) DO NOTHING",
+                      [(key, event_id, digest) for key, (event_id, digest) in changes.recorded.items()])
+        insert_values(connection, "INSERT INTO sequencer_payments (payment_id, payee_id, currency, amount_minor, "
+                      "refunded_minor) VALUES %s ON CONFLICT (payment_id) DO UPDATE SET refunded_minor = "
+                      "EXCLUDED.refunded_minor",
+                      [(p.payment_id, p.payee_id, p.amount.currency.code, p.amount.amount_minor,
+                        p.refunded.amount_minor) for p in changes.payments])
         self.entities.put_many(connection, "payout", {p.payout_id: p for p in changes.finished_payouts})
 
     def clear(self, connection: sqlalchemy.Connection) -> None:

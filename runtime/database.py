@@ -67,3 +67,19 @@ def database_answers(url: str) -> bool:
         return False
     finally:
         engine.dispose()
+
+
+def insert_values(connection: sqlalchemy.Connection, sql: str, rows: list[tuple], page_size: int = 1000) -> None:
+    """`INSERT ... VALUES %s ...` for many rows in one round trip per page (psycopg2's execute_values).
+
+    SQLAlchemy sends INSERT .. ON CONFLICT through psycopg2's executemany, one round trip per row: a
+    sequencer checkpoint of 10,000 ids spent most of its time there (docs/decisions.md §30)."""
+    if not rows:
+        return
+    from psycopg2.extras import execute_values
+
+    cursor = connection.connection.driver_connection.cursor()
+    try:
+        execute_values(cursor, sql, rows, page_size=page_size)
+    finally:
+        cursor.close()
