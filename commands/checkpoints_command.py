@@ -48,12 +48,12 @@ def checkpoints(ctx: click.Context, as_json: bool) -> None:
     if not rows:
         console.print("no checkpoints yet: each processor replays the whole log at its next start")
         return
-    table = Table("processor", "written", "age", "records folded", "state", "positions")
+    table = Table("processor", "age", "records folded", "state", "covers (records per topic)")
     for row in rows:
-        where = ", ".join(f"{topic.split('.')[-1] if topic.count('.') > 1 else topic}[{p}]@{o}"
-                          for topic, parts in sorted(row["positions"].items()) for p, o in sorted(parts.items()))
-        table.add_row(row["processor"], row["written_at"].isoformat(timespec="seconds"), f"{row['age_s']:.0f} s",
-                      f"{row['events']:,}", f"{row['state_bytes']:,} B", where or "-")
+        covers = ", ".join(f"{topic} {sum(parts.values()):,}" for topic, parts in sorted(row["positions"].items()))
+        table.add_row(row["processor"], f"{row['age_s']:.0f} s", f"{row['events']:,}",
+                      f"{row['state_bytes'] / 1024:,.0f} KiB", covers or "-")
+    table.columns[0].no_wrap = True
     console.print(table)
 
 
