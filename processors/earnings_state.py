@@ -88,12 +88,9 @@ def load_earnings(bootstrap: str, engine: sqlalchemy.Engine, topic: str, codec: 
     reader = LogReader(bootstrap, PROCESSOR, starts, batch_max=TAIL_BATCH, config=BOUNDED_PREFETCH,
                        proofs={topic: checkpoint.proofs.get(topic, {})} if checkpoint else None)
     fold = EarningsFold(payees, {}, {}, resumed)
-    deadline = started + timeout_s
     try:
-        while not reader.caught_up:
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"folding {topic} took more than {timeout_s} s")
-            for message in reader.poll():
+        for batch in reader.batches_to_end(timeout_s, f"folding {topic}"):
+            for message in batch:
                 try:
                     event = codec.decode(message.value() or b"")
                 except UndecodableEvent as exc:

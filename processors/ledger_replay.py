@@ -53,8 +53,7 @@ def open_index(bootstrap: str, topic: str, database_url: str, codec: EventCodec,
     reader = LogReader(bootstrap, "index-reader", {topic: resumed.start(topic, topic_partitions(bootstrap, topic))},
                        proofs=resumed.checkpoint.proofs, batch_max=2000)
     try:
-        while not reader.caught_up:
-            messages = reader.poll()
+        for messages in reader.batches_to_end(REPLAY_TIMEOUT_S):
             events = []
             for message in messages:
                 try:

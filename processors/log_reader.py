@@ -14,7 +14,8 @@ from __future__ import annotations
 import logging
 import signal
 import threading
-from typing import Any, Iterable, Mapping
+import time
+from typing import Any, Iterable, Iterator, Mapping
 
 from confluent_kafka import OFFSET_STORED, Consumer, KafkaError, KafkaException, TopicPartition
 
@@ -110,6 +111,19 @@ class LogReader:
             self.lag.caught_up(topic for topic in self.topics
                                if all(where in self.at_end for where in self._partitions if where[0] == topic))
         return good
+
+    def batches_to_end(self, timeout_s: float, what: str = "") -> Iterator[list]:
+        """Batches until every partition is at its end (a tail read at start). TimeoutError when nothing
+        arrives for timeout_s without the end being reached: a long replay that makes progress goes on."""
+        deadline = time.monotonic() + timeout_s
+        while not self.caught_up:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"reading {what or ', '.join(self.topics)}: nothing arrived for {timeout_s} s "
+                                   "and the end was not reached")
+            batch = self.poll()
+            if batch:
+                deadline = time.monotonic() + timeout_s
+            yield batch
 
     def positions(self, topics: Iterable[str] | None = None) -> Positions:
         """The next offset of every partition whose position is known (all but unread OFFSET_STORED ones)."""

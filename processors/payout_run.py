@@ -14,7 +14,6 @@ after its outputs are acknowledged).
 from __future__ import annotations
 
 import logging
-import time
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Iterable
@@ -77,12 +76,9 @@ def unchained_closes(bootstrap: str, commands_topic: str, chained: set[str], cod
     """
     reader = LogReader(bootstrap, "payout-run", {commands_topic: starts or {}}, batch_max=5_000)
     waiting = []
-    deadline = time.monotonic() + timeout_s
     try:
-        while not reader.caught_up:
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"reading {commands_topic} took more than {timeout_s} s")
-            for message in reader.poll():
+        for batch in reader.batches_to_end(timeout_s):
+            for message in batch:
                 try:
                     event = codec.decode(message.value() or b"")
                 except UndecodableEvent:

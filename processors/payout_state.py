@@ -58,12 +58,9 @@ def payout_book(bootstrap: str, engine: sqlalchemy.Engine, topic: str, codec: Ev
             for (encoded,) in rows:
                 book.apply(codec.decode(bytes(encoded)))
     reader = LogReader(bootstrap, "payout-book", {topic: positions}, batch_max=5_000, config=BOUNDED_PREFETCH)
-    deadline = time.monotonic() + timeout_s
     try:
-        while not reader.caught_up:
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"reading the tail of {topic} took more than {timeout_s} s")
-            for message in reader.poll():
+        for batch in reader.batches_to_end(timeout_s, f"the tail of {topic}"):
+            for message in batch:
                 try:
                     event = codec.decode(message.value() or b"")
                 except UndecodableEvent as exc:

@@ -35,7 +35,7 @@ from processors.checkpoints import Cadence, CheckpointStore, Positions, Resume, 
 from processors.dead_letters import parse_entry
 from processors.fault_points import crash_point, poison_point
 from processors.kafka_io import CLIENT_LOG, ConsumerLag, DeliveryFailed, Record, topic_partitions
-from processors.ledger_replay import CorruptLedger
+from processors.ledger_replay import REPLAY_TIMEOUT_S, CorruptLedger
 from processors.log_reader import LogReader
 from processors.sequencer_index_store import PostgresIndexBacking
 from processors.sequencer_input import Rejected, interpret, interpret_command
@@ -158,8 +158,7 @@ class Sequencer:
             proofs=resumed.checkpoint.proofs if resumed.checkpoint else None, batch_max=2000)
         tail = 0
         try:
-            while not reader.caught_up:
-                messages = reader.poll()
+            for messages in reader.batches_to_end(REPLAY_TIMEOUT_S):
                 folded = self._fold_tail([m for m in messages if m.topic() == events_topic])
                 for message in messages:
                     if message.topic() == dlq_topic:

@@ -111,3 +111,20 @@ def test_entities_round_trip_and_clear(db_url: str) -> None:
     with engine.begin() as connection:
         entities.clear(connection)
     assert entities.get_many("payout", ["p1"]) == {}
+
+
+def test_reading_to_the_end_gives_every_record_and_bounds_a_wait_without_progress(settings: Settings) -> None:
+    _fill(settings, 25)
+    reader = LogReader(settings.kafka_bootstrap, "core-test", {settings.topic_events: {}}, wait_s=0.1)
+    got = [message.value() for batch in reader.batches_to_end(30) for message in batch]
+    assert sorted(got) == sorted(f"event {n}".encode() for n in range(25))
+    reader.close()
+    stuck = LogReader(settings.kafka_bootstrap, "core-test", {settings.topic_events: {}}, wait_s=0.05)
+    stuck.at_end.clear()
+    stuck._partitions.add((settings.topic_events, 99))  # a partition that never reports its end
+    import pytest
+
+    with pytest.raises(TimeoutError, match="nothing arrived for 0.5 s"):
+        for _ in stuck.batches_to_end(0.5):
+            pass
+    stuck.close()
