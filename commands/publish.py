@@ -173,7 +173,7 @@ def publish(file: str, file_format: str | None, as_json: bool) -> None:
     bootstrap, database_url = connections(settings)
     codec = EventCodec()
     try:  # the sequencer's checkpoint and tables, plus the tail: not the whole history
-        index = open_index(bootstrap, settings.topic_events, database_url, codec)
+        index = open_index(bootstrap, settings.topic_events, database_url, codec, dlq_topic=settings.topic_dlq)
     except CorruptLedger as exc:
         fail(f"cannot check for duplicates: {exc}")
     counts = {"accepted": 0, "duplicates": 0, "rejected": 0}

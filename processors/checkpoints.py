@@ -202,9 +202,15 @@ def prove(bootstrap: str, checkpoint: Checkpoint, timeout_s: float = PROOF_TIMEO
         consumer.close()
 
 
-def resume(bootstrap: str, store: CheckpointStore, log: Callable[[str], None] | None = None) -> Resume:
-    """Load and prove the newest checkpoint; a checkpoint that does not prove is never used."""
+def resume(bootstrap: str, store: CheckpointStore, log: Callable[[str], None] | None = None,
+           topics: Iterable[str] | None = None) -> Resume:
+    """Load and prove the newest checkpoint; a checkpoint that does not prove is never used. With `topics`,
+    one that covers any other topic (a ledger configured with other topic names) is not used either."""
     checkpoint, reason, why = store.load()
+    foreign = sorted(set(checkpoint.positions) - set(topics)) if checkpoint is not None and topics is not None else []
+    if foreign:
+        checkpoint, why = None, "topics"
+        reason = f"the checkpoint covers {', '.join(foreign)}, which this processor does not read (other topics)"
     if checkpoint is not None:
         reason, why = prove(bootstrap, checkpoint)
         if reason:

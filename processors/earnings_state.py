@@ -60,8 +60,8 @@ def store_for(engine: sqlalchemy.Engine) -> CheckpointStore:
     return CheckpointStore(engine, PROCESSOR, STATE_FORMAT)
 
 
-def _resume(bootstrap: str, store: CheckpointStore, log: Callable[[str], None]) -> tuple[Resume, dict]:
-    resumed = resume(bootstrap, store, log)
+def _resume(bootstrap: str, store: CheckpointStore, log: Callable[[str], None], topic: str) -> tuple[Resume, dict]:
+    resumed = resume(bootstrap, store, log, topics=(topic,))
     if resumed.checkpoint is None:
         return resumed, {}
     try:
@@ -82,7 +82,7 @@ def load_earnings(bootstrap: str, engine: sqlalchemy.Engine, topic: str, codec: 
     there is no usable checkpoint). With close_ids, the ids of the closes chained in that tail."""
     codec = codec or EventCodec()
     started = time.monotonic()
-    resumed, payees = _resume(bootstrap, store_for(engine), log)
+    resumed, payees = _resume(bootstrap, store_for(engine), log, topic)
     checkpoint = resumed.checkpoint
     starts = {topic: checkpoint.positions.get(topic, {}) if checkpoint else {}}
     reader = LogReader(bootstrap, PROCESSOR, starts, batch_max=TAIL_BATCH, config=BOUNDED_PREFETCH,

@@ -33,7 +33,7 @@ def load_index(bootstrap: str, topic: str, codec: EventCodec, timeout_s: float =
 
 
 def open_index(bootstrap: str, topic: str, database_url: str, codec: EventCodec,
-               log: Callable[[str], None] = lambda _: None) -> LedgerIndex:
+               log: Callable[[str], None] = lambda _: None, dlq_topic: str | None = None) -> LedgerIndex:
     """A read-only index: the sequencer's proven checkpoint and PostgreSQL tables, plus the tail of `topic`
     folded in memory. Without a checkpoint that proves, the whole log is folded (load_index). Nothing is
     written: the sequencer owns its checkpoint."""
@@ -45,7 +45,7 @@ def open_index(bootstrap: str, topic: str, database_url: str, codec: EventCodec,
     from runtime.database import make_engine
 
     engine = make_engine(database_url)
-    resumed = resume(bootstrap, CheckpointStore(engine, CHECKPOINT_NAME, STATE_FORMAT), log)
+    resumed = resume(bootstrap, CheckpointStore(engine, CHECKPOINT_NAME, STATE_FORMAT), log, topics=(topic, dlq_topic))
     if resumed.checkpoint is None:
         engine.dispose()
         return load_index(bootstrap, topic, codec)

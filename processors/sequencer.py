@@ -119,7 +119,8 @@ class Sequencer:
         engine = self.store.engine
         self.checkpoints = CheckpointStore(engine, CHECKPOINT_NAME, STATE_FORMAT)
         self.backing = PostgresIndexBacking(engine)
-        resumed = resume(self.bootstrap, self.checkpoints, self.log)
+        resumed = resume(self.bootstrap, self.checkpoints, self.log,
+                         topics=(self.settings.topic_events, self.settings.topic_dlq))
         try:
             tail = self._read_log(resumed)
         except CorruptLedger as exc:

@@ -62,9 +62,10 @@ class TransferCheckpoints:
         self.cadence = Cadence(every_events, every_s)
         self._may_hold = True  # processor_entities may hold finished payouts (False right after a clear)
 
-    def resume(self, bootstrap: str, log: Callable[[str], None]) -> tuple[Resume, TransferState | None]:
+    def resume(self, bootstrap: str, log: Callable[[str], None],
+               topics: tuple[str, ...] | None = None) -> tuple[Resume, TransferState | None]:
         """The proven checkpoint and its state, or a full replay (logged with its reason; both tables cleared)."""
-        resumed = resume(bootstrap, self.store, log)
+        resumed = resume(bootstrap, self.store, log, topics=topics)
         state = resumed.checkpoint.state if resumed.checkpoint is not None else None
         readable = isinstance(state, TransferState) and isinstance(state.book, PayoutBook)
         if resumed.checkpoint is not None and not readable:

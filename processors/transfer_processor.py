@@ -237,7 +237,8 @@ class TransferProcessor:
     def _resume(self) -> tuple[Resume, TransferState | None]:
         if self._checkpoints is None:
             return Resume(None, "no database to keep checkpoints in", "none"), None
-        return self._checkpoints.resume(self.bootstrap, self.log)
+        return self._checkpoints.resume(self.bootstrap, self.log,
+                                        topics=(self.settings.topic_events, self.settings.topic_commands))
 
     def _load(self, state: TransferState) -> None:
         self.book = state.book

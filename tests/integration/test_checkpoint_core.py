@@ -128,3 +128,20 @@ def test_reading_to_the_end_gives_every_record_and_bounds_a_wait_without_progres
         for _ in stuck.batches_to_end(0.5):
             pass
     stuck.close()
+
+
+def test_a_checkpoint_of_other_topics_is_not_used(settings: Settings, db_url: str) -> None:
+    """A ledger configured with other topic names must not start from the old topics' state."""
+    _fill(settings, 10)
+    engine = make_engine(db_url)
+    store = CheckpointStore(engine, "core-test", 3)
+    reader, _ = _read_all(settings)
+    with engine.begin() as connection:
+        store.write(connection, reader.checkpoint_positions(), reader.proofs(), "state", 10)
+    reader.close()
+    assert resume(settings.kafka_bootstrap, store, topics=(settings.topic_events,)).checkpoint is not None
+    lines: list[str] = []
+    other = resume(settings.kafka_bootstrap, store, lines.append, topics=("ledger.events.elsewhere",))
+    assert other.checkpoint is None and other.why == "topics"
+    assert lines == [f"full replay: the checkpoint covers {settings.topic_events}, which this processor does not "
+                     "read (other topics)"]

@@ -243,7 +243,7 @@ class FakeClient:
 @pytest.fixture
 def fake_broker(monkeypatch, tmp_path):
     monkeypatch.setattr(publish_module, "connections", lambda settings: ("fake:9092", "postgresql://fake/db"))
-    monkeypatch.setattr(publish_module, "open_index", lambda bootstrap, topic, url, codec: LedgerIndex(codec.encode))
+    monkeypatch.setattr(publish_module, "open_index", lambda bootstrap, topic, url, codec, **_: LedgerIndex(codec.encode))
     monkeypatch.setattr(publish_module, "LedgerClient", FakeClient)
     monkeypatch.setattr(FakeClient, "flush_error", None)
     monkeypatch.setenv("LEDGER_DATA_DIR", str(tmp_path / "data"))
