@@ -35,7 +35,7 @@ def run_all(env: dict[str, str]) -> dict[str, list[str]]:
     """Each processor once, until idle; the lines that say where it started."""
     lines = {}
     for (name,) in PROCESSORS:
-        result = run_ledger(env, name, "--idle-exit", "2")
+        result = run_ledger(env, name, "--idle-exit", "1")
         lines[name] = start_lines(result)
     return lines
 
@@ -49,11 +49,11 @@ def test_every_processor_starts_from_a_restored_log_and_then_from_its_checkpoint
     day = "2026-11-20T10:00:00Z"
     assert publish(env, tmp_path / "a.jsonl", [(f"p{n}", f"payee-{'ab'[n % 2]}", 1000 + n, day)
                                                for n in range(20)])["accepted"] == 20
-    run_ledger(env, "sequencer", "--idle-exit", "2")
+    run_ledger(env, "sequencer", "--idle-exit", "1")
     assert run_ledger_json(env, "run", "--at", "2026-11-21T01:00:00Z")["payouts_requested"] == 2
-    run_ledger(env, "sequencer", "--idle-exit", "2")
-    run_ledger(env, "transfers", "--idle-exit", "2")  # manual payouts: recorded as submitted, waiting for an operator
-    run_ledger(env, "sequencer", "--idle-exit", "2")
+    run_ledger(env, "sequencer", "--idle-exit", "1")
+    run_ledger(env, "transfers", "--idle-exit", "1")  # manual payouts: recorded as submitted, waiting for an operator
+    run_ledger(env, "sequencer", "--idle-exit", "1")
     first = run_all(env)
     assert all(lines for lines in first.values()), first
     assert {row["processor"] for row in run_ledger_json(env, "checkpoints")} >= {

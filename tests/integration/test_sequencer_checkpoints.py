@@ -111,7 +111,7 @@ def test_sigkill_while_writing_a_checkpoint_and_right_after_neither_doubles_nor_
                   LEDGER_FAULT_POINTS="sequencer_checkpoint_before_commit:0.4,sequencer_checkpoint_after_commit:0.4")
     sent: dict[str, bytes] = {}
     kills = 0
-    for round_number in range(8):
+    for round_number in range(5):
         values = []
         for n in range(150):
             if rng.random() < 0.1 and sent:
@@ -131,7 +131,7 @@ def test_sigkill_while_writing_a_checkpoint_and_right_after_neither_doubles_nor_
                            capture_output=True, text=True, timeout=300)
     assert final.returncode == 0, final.stderr[-2000:]
     assert "resumed from checkpoint" in final.stderr + final.stdout
-    assert kills >= 3, f"only {kills} kills landed"
+    assert kills >= 2, f"only {kills} kills landed"
     events = ledger_events(settings)
     counts = Counter(event.payload["payment_id"] for event, _ in events)
     assert set(counts) == set(sent) and max(counts.values()) == 1
