@@ -22,10 +22,10 @@ from typing import Callable
 
 import sqlalchemy
 
-from ledger.codec import EventCodec, UndecodableEvent
+from ledger.codec import EventCodec
 from ledger.earnings import PayeeEarnings
 from processors.checkpoints import CheckpointStore, Positions, Proofs, Resume, resume
-from processors.ledger_replay import CorruptLedger
+from processors.ledger_replay import decode_event
 from processors.log_reader import LogReader
 from processors.prefetch import BOUNDED_PREFETCH
 
@@ -91,10 +91,7 @@ def load_earnings(bootstrap: str, engine: sqlalchemy.Engine, topic: str, codec: 
     try:
         for batch in reader.batches_to_end(timeout_s, f"folding {topic}"):
             for message in batch:
-                try:
-                    event = codec.decode(message.value() or b"")
-                except UndecodableEvent as exc:
-                    raise CorruptLedger(f"{topic}[{message.partition()}]@{message.offset()}: {exc.reason}") from None
+                event = decode_event(codec, message)
                 payees.setdefault(event.payee_id, PayeeEarnings(event.payee_id)).apply(event)
                 if close_ids and event.event_type in CLOSE_TYPES:
                     fold.chained.add(event.envelope.event_id)

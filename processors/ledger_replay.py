@@ -6,6 +6,7 @@ from __future__ import annotations
 from typing import Callable
 
 from ledger.codec import EventCodec, UndecodableEvent
+from ledger.events import Event
 from ledger.guards import InvariantViolation
 from ledger.ledger_index import LedgerIndex
 from processors.kafka_io import read_topic
@@ -15,6 +16,15 @@ REPLAY_TIMEOUT_S = 600.0
 
 class CorruptLedger(RuntimeError):
     """ledger.events holds something that cannot be part of a valid ledger; nothing may be appended."""
+
+
+def decode_event(codec: EventCodec, message) -> Event:  # noqa: ANN001 - confluent_kafka.Message
+    """A record of ledger.events as an event; one that is not readable means the ledger is corrupt."""
+    try:
+        return codec.decode(message.value() or b"")
+    except UndecodableEvent as exc:
+        raise CorruptLedger(f"{message.topic()}[{message.partition()}]@{message.offset()} is not a readable event: "
+                            f"{exc.reason}") from None
 
 
 def load_index(bootstrap: str, topic: str, codec: EventCodec, timeout_s: float = REPLAY_TIMEOUT_S) -> LedgerIndex:
@@ -54,13 +64,7 @@ def open_index(bootstrap: str, topic: str, database_url: str, codec: EventCodec,
                        proofs=resumed.checkpoint.proofs, batch_max=2000)
     try:
         for messages in reader.batches_to_end(REPLAY_TIMEOUT_S):
-            events = []
-            for message in messages:
-                try:
-                    events.append((codec.decode(message.value() or b""), message.value() or b""))
-                except UndecodableEvent as exc:
-                    raise CorruptLedger(f"{topic}[{message.partition()}]@{message.offset()} is not a readable "
-                                        f"event: {exc.reason}") from None
+            events = [(decode_event(codec, message), message.value() or b"") for message in messages]
             index.prefetch(event for event, _ in events)
             for event, encoded in events:
                 try:

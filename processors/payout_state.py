@@ -18,7 +18,7 @@ from ledger.codec import EventCodec, UndecodableEvent
 from ledger.payouts import LIFECYCLE_TYPES, Payout, PayoutBook
 from processors.dead_letters import parse_entry
 from processors.kafka_io import Record, read_topic, topic_partitions
-from processors.ledger_replay import CorruptLedger
+from processors.ledger_replay import CorruptLedger, decode_event
 from processors.log_reader import LogReader
 from processors.prefetch import BOUNDED_PREFETCH
 from runtime.settings import Settings
@@ -61,10 +61,7 @@ def payout_book(bootstrap: str, engine: sqlalchemy.Engine, topic: str, codec: Ev
     try:
         for batch in reader.batches_to_end(timeout_s, f"the tail of {topic}"):
             for message in batch:
-                try:
-                    event = codec.decode(message.value() or b"")
-                except UndecodableEvent as exc:
-                    raise CorruptLedger(f"{topic}[{message.partition()}]@{message.offset()}: {exc.reason}") from None
+                event = decode_event(codec, message)
                 if payee_id is None or event.payee_id == payee_id:
                     book.apply(event)
     finally:

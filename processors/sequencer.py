@@ -26,7 +26,7 @@ from typing import Callable
 from confluent_kafka import OFFSET_STORED, Consumer, KafkaException, TopicPartition
 from sqlalchemy.exc import SQLAlchemyError
 
-from ledger.codec import EventCodec, UndecodableEvent
+from ledger.codec import EventCodec
 from ledger.events import Event
 from ledger.guards import InvariantViolation
 from ledger.intake import shown
@@ -35,7 +35,7 @@ from processors.checkpoints import Cadence, CheckpointStore, Positions, Resume, 
 from processors.dead_letters import parse_entry
 from processors.fault_points import crash_point, poison_point
 from processors.kafka_io import CLIENT_LOG, ConsumerLag, DeliveryFailed, Record, topic_partitions
-from processors.ledger_replay import REPLAY_TIMEOUT_S, CorruptLedger
+from processors.ledger_replay import REPLAY_TIMEOUT_S, CorruptLedger, decode_event
 from processors.log_reader import LogReader
 from processors.sequencer_index_store import PostgresIndexBacking
 from processors.sequencer_input import Rejected, interpret, interpret_command
@@ -183,13 +183,7 @@ class Sequencer:
     def _fold_tail(self, messages: list) -> int:
         """Fold events read back from ledger.events; refuse a ledger with undecodable bytes or broken chains."""
         assert self.index is not None
-        decoded = []
-        for message in messages:
-            try:
-                decoded.append((self.codec.decode(message.value() or b""), message))
-            except UndecodableEvent as exc:
-                raise CorruptLedger(f"{message.topic()}[{message.partition()}]@{message.offset()} is not a readable "
-                                    f"event: {exc.reason}") from None
+        decoded = [(decode_event(self.codec, message), message) for message in messages]
         self.index.prefetch(event for event, _ in decoded)
         for event, message in decoded:
             try:
