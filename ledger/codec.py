@@ -18,6 +18,7 @@ from typing import Any, Iterable, Protocol
 import fastavro
 import fastavro.schema
 
+from ledger.codec_compiled import compile_check, compile_from_wire
 from ledger.currencies import UnknownCurrency, currency
 from ledger.events import EVENT_TYPES, Envelope, Event
 from ledger.guards import require
@@ -30,6 +31,9 @@ MONEY_TYPE = f"{NAMESPACE}.Money"
 DEFAULT_SCHEMA_DIR = Path(__file__).resolve().parents[1] / "schemas" / "avro"
 _PRIMITIVES = {"null", "boolean", "int", "long", "float", "double", "bytes", "string"}
 _ENVELOPE_FIELDS = tuple(field.name for field in fields(Envelope))
+require(_ENVELOPE_FIELDS == ("event_id", "event_type", "schema_version", "occurred_at", "recorded_at", "payee_id",
+                             "correlation_id", "causation_id", "sequence", "previous_hash"),
+        "EventCodec.encode lists the envelope's fields: update it with ledger.events.Envelope")
 
 
 class UndecodableEvent(Exception):
@@ -55,6 +59,9 @@ class KnownSchema:
     parsed: Any
     canonical: str
     fingerprint: bytes  # 8 bytes, little-endian CRC-64-AVRO
+    fast: Any = None  # the same schema parsed with fastavro's write hint: no re-parse on each call
+    check: Any = None  # compiled fast check of a value (ledger/codec_compiled.py); None: always the full check
+    from_wire: Any = None  # compiled _from_wire for this schema as the reader
 
     @property
     def full_name(self) -> str:
@@ -108,7 +115,9 @@ def build_known_schema(definition: dict[str, Any], shared: dict[str, Any]) -> Kn
     canonical = fastavro.schema.to_parsing_canonical_form(parsed)
     fingerprint = bytes.fromhex(fastavro.schema.fingerprint(canonical, "CRC-64-AVRO"))
     require(len(fingerprint) == 8, "CRC-64-AVRO fingerprints are 8 bytes")
-    return KnownSchema(expanded["name"].split(".")[-1], version, expanded, parsed, canonical, fingerprint)
+    fast = fastavro.schema.parse_schema(expanded)
+    return KnownSchema(expanded["name"].split(".")[-1], version, expanded, parsed, canonical, fingerprint, fast,
+                       compile_check(expanded), compile_from_wire(expanded, _money_from_wire))
 
 
 def _load_json(path: Path) -> dict[str, Any]:
@@ -361,12 +370,18 @@ class EventCodec:
             known = self.schemas.current(event.event_type)
         except UndecodableEvent as exc:
             raise EventEncodingError(f"cannot encode {event.event_type}: {exc.reason}") from None
-        envelope = {name: getattr(event.envelope, name) for name in _ENVELOPE_FIELDS}
-        envelope["schema_version"] = known.version
-        _check_payload({"envelope": envelope, **event.payload}, known.definition, event.event_type, {})
+        source = event.envelope
+        envelope = {"event_id": source.event_id, "event_type": source.event_type, "schema_version": known.version,
+                    "occurred_at": source.occurred_at, "recorded_at": source.recorded_at,
+                    "payee_id": source.payee_id, "correlation_id": source.correlation_id,
+                    "causation_id": source.causation_id, "sequence": source.sequence,
+                    "previous_hash": source.previous_hash}
+        checked = {"envelope": envelope, **event.payload}
+        if not known.check(checked):  # the compiled check said no: the full one names the field and the reason
+            _check_payload(checked, known.definition, event.event_type, {})
         record = {"envelope": envelope, **_to_wire(event.payload)}
         body = io.BytesIO()
-        fastavro.schemaless_writer(body, known.parsed, record)
+        fastavro.schemaless_writer(body, known.fast, record)
         return self.framing.prefix(known) + body.getvalue()
 
     def _writer_schema(self, data: bytes) -> tuple[KnownSchema, int]:
@@ -398,10 +413,13 @@ class EventCodec:
         body = io.BytesIO(data[offset:])
         try:
             reader = self.schemas.current(writer.name)
-            record = fastavro.schemaless_reader(body, writer.parsed, reader.parsed)
+            if reader is writer:  # written with the current schema: nothing to resolve
+                record = fastavro.schemaless_reader(body, reader.fast, None)
+            else:
+                record = fastavro.schemaless_reader(body, writer.parsed, reader.parsed)
             if body.tell() != len(data) - offset:
                 raise UndecodableEvent(f"{len(data) - offset - body.tell()} trailing bytes after the event", data)
-            values = _from_wire(record, reader.definition, {})
+            values = reader.from_wire(record)
             envelope_fields = values.pop("envelope")
             envelope = Envelope(**envelope_fields)
             if envelope.event_type != writer.name:

@@ -7,12 +7,14 @@ EVENT_TYPES and the Envelope here match them.
 from __future__ import annotations
 
 import uuid
-from dataclasses import dataclass, field, replace
-from datetime import datetime, timedelta
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta, timezone
 from types import MappingProxyType
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 from ledger.guards import require
+from ledger.money import Money
 
 EVENT_TYPES: tuple[str, ...] = (
     "PaymentCompleted",
@@ -29,9 +31,12 @@ EVENT_TYPES: tuple[str, ...] = (
     "PayoutRetryScheduled",
     "PayoutCancelled",
 )
+_EVENT_TYPE_SET = frozenset(EVENT_TYPES)
 
 
 def _require_utc(name: str, value: datetime) -> None:
+    if type(value) is datetime and value.tzinfo is timezone.utc:  # noqa: E721 - the common case, decided at once
+        return
     require(isinstance(value, datetime), f"{name} must be a datetime, got {type(value).__name__}")
     require(
         value.tzinfo is not None and value.utcoffset() == timedelta(0),
@@ -55,10 +60,14 @@ class Envelope:
     previous_hash: str | None = None
 
     def __post_init__(self) -> None:
-        require(self.event_type in EVENT_TYPES, f"unknown event type {self.event_type!r}")
-        require(isinstance(self.event_id, str) and self.event_id, "event_id must be a non-empty string")
-        require(isinstance(self.payee_id, str) and self.payee_id, "payee_id must be a non-empty string")
-        require(self.schema_version >= 1, f"schema_version must be >= 1, got {self.schema_version}")
+        if self.event_type not in _EVENT_TYPE_SET:
+            require(False, f"unknown event type {self.event_type!r}")
+        if not (isinstance(self.event_id, str) and self.event_id):
+            require(False, "event_id must be a non-empty string")
+        if not (isinstance(self.payee_id, str) and self.payee_id):
+            require(False, "payee_id must be a non-empty string")
+        if not self.schema_version >= 1:
+            require(False, f"schema_version must be >= 1, got {self.schema_version}")
         _require_utc("occurred_at", self.occurred_at)
         _require_utc("recorded_at", self.recorded_at)
         require(
@@ -72,7 +81,8 @@ class Envelope:
 
     def sequenced(self, sequence: int, previous_hash: str) -> "Envelope":
         """The same envelope with its place in the payee's chain."""
-        return replace(self, sequence=sequence, previous_hash=previous_hash)
+        return Envelope(self.event_id, self.event_type, self.schema_version, self.occurred_at, self.recorded_at,
+                        self.payee_id, self.correlation_id, self.causation_id, sequence, previous_hash)
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,8 +93,11 @@ class Event:
     payload: Mapping[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        require("envelope" not in self.payload, "payload must not contain an 'envelope' field")
-        object.__setattr__(self, "payload", _frozen(self.payload))
+        payload = self.payload
+        if "envelope" in payload:
+            require(False, "payload must not contain an 'envelope' field")
+        if type(payload) is not MappingProxyType or not _flat(payload):
+            object.__setattr__(self, "payload", _frozen(payload))
 
     @property
     def event_type(self) -> str:
@@ -95,11 +108,22 @@ class Event:
         return self.envelope.payee_id
 
 
+_FLAT_TYPES = (str, int, datetime, type(None))
+
+
+def _flat(payload: MappingProxyType) -> bool:
+    """A read-only payload whose values are all immutable already (an event's payload passed on): no copy."""
+    for value in payload.values():
+        if not isinstance(value, _FLAT_TYPES) and type(value) is not MappingProxyType and type(value) is not Money:
+            return False
+    return True
+
+
 def _frozen(value: Any) -> Any:
     """A read-only deep copy: mappings become MappingProxyType, lists become tuples."""
     if isinstance(value, (str, int, datetime)) or value is None:
         return value
-    if isinstance(value, Mapping):
+    if type(value) is dict or type(value) is MappingProxyType or isinstance(value, Mapping):
         return MappingProxyType({key: _frozen(item) for key, item in value.items()})
     if isinstance(value, (list, tuple)):
         return tuple(_frozen(item) for item in value)

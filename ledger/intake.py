@@ -10,14 +10,16 @@ that no accepted event is large, and a record too large to read is refused befor
 from __future__ import annotations
 
 import functools
+import hashlib
 import json
 import re
 import uuid
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
-from typing import Any, Literal, Mapping
+from collections.abc import Mapping
+from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from ledger.currencies import UnknownCurrency, currency
 from ledger.events import Event, new_envelope
@@ -47,6 +49,7 @@ OUTPUT_MESSAGE_MAX_BYTES = RECORD_READ_MAX_BYTES + TOPIC_HEADROOM_BYTES
 SHOWN_CHARS = 40  # how much of an offending value an error message repeats
 BYTE_ORDER_MARK = b"\xef\xbb\xbf"
 EVENT_ID_NAMESPACE = uuid.UUID("8d3f6a52-5c1e-4c8e-9a59-2f0b7b1d6e01")
+_NAMESPACE_BYTES = EVENT_ID_NAMESPACE.bytes
 INTAKE_TYPES = {"payment": "PaymentCompleted", "refund": "PaymentRefunded", "adjustment": "EarningsAdjusted"}
 
 
@@ -114,7 +117,12 @@ def strip_byte_order_mark(value: bytes) -> bytes:
 
 def deterministic_event_id(kind: str, business_id: str) -> str:
     """The event id of a payment/refund/adjustment follows from its own id: retries produce the same id."""
-    return str(uuid.uuid5(EVENT_ID_NAMESPACE, f"{kind}:{business_id}"))
+    # uuid.uuid5 (RFC 4122 name-based, SHA-1), written out: the same string, without building a UUID object
+    digest = bytearray(hashlib.sha1(_NAMESPACE_BYTES + f"{kind}:{business_id}".encode()).digest()[:16])
+    digest[6] = (digest[6] & 0x0F) | 0x50
+    digest[8] = (digest[8] & 0x3F) | 0x80
+    text = digest.hex()
+    return f"{text[:8]}-{text[8:12]}-{text[12:16]}-{text[16:20]}-{text[20:]}"
 
 
 class _Record(BaseModel):
@@ -124,7 +132,7 @@ class _Record(BaseModel):
     amount_minor: int
     currency: str
     occurred_at: datetime
-    metadata: dict[str, str] = {}
+    metadata: dict[str, str] = Field(default_factory=dict)
 
     @field_validator("occurred_at", mode="before")
     @classmethod
@@ -184,6 +192,13 @@ class _Adjustment(_Record):
 
 
 _MODELS: dict[str, type[_Record]] = {"payment": _Payment, "refund": _Refund, "adjustment": _Adjustment}
+# Per model, the fields each rule looks at (a missing attribute on a pydantic model is an exception: slow).
+_ID_FIELDS = {model: tuple(name for name in ("payee_id", "payment_id", "refund_id", "adjustment_id")
+                           if name in model.model_fields) for model in _MODELS.values()}
+_TEXT_FIELDS = {model: tuple((name, limit) for name, limit in TEXT_MAX_CHARS.items() if name in model.model_fields)
+                for model in _MODELS.values()}
+_STRING_FIELDS = {model: tuple(name for name, info in model.model_fields.items() if info.annotation is str)
+                  for model in _MODELS.values()}
 
 
 def _field_name(error: Mapping[str, Any]) -> str:
@@ -203,15 +218,15 @@ def _reason(error: Mapping[str, Any]) -> str:
 
 def _check_rules(model: _Record, limits: IntakeLimits, now: datetime) -> tuple[Money, list[tuple[str, str]]]:
     problems: list[tuple[str, str]] = []
-    ids = [name for name in ("payee_id", "payment_id", "refund_id", "adjustment_id") if hasattr(model, name)]
-    for name in ids:
+    kind = type(model)
+    for name in _ID_FIELDS[kind]:
         value = getattr(model, name)
         if len(value) > ID_MAX_CHARS:
             problems.append((name, f"is {len(value)} characters long, at most {ID_MAX_CHARS} allowed"))
         elif not ID_PATTERN.fullmatch(value):
             problems.append((name, f"{shown(value)} is not a valid id: {ID_RULE}"))
-    for name, limit in TEXT_MAX_CHARS.items():
-        value = getattr(model, name, "")
+    for name, limit in _TEXT_FIELDS[kind]:
+        value = getattr(model, name)
         if len(value) > limit:
             problems.append((name, f"is {len(value)} characters long, at most {limit} allowed"))
     amount = None
@@ -240,7 +255,7 @@ def _check_rules(model: _Record, limits: IntakeLimits, now: datetime) -> tuple[M
                                         f"(more than {limits.future_skew_s} s ahead of {now.isoformat()})"))
     if len(model.metadata) > limits.metadata_max_keys:
         problems.append(("metadata", f"has {len(model.metadata)} keys, at most {limits.metadata_max_keys} allowed"))
-    size = len(json.dumps(model.metadata, ensure_ascii=False).encode(errors="surrogatepass"))
+    size = len(json.dumps(model.metadata, ensure_ascii=False).encode(errors="surrogatepass")) if model.metadata else 2
     if size > limits.metadata_max_bytes:
         problems.append(("metadata", f"is {size} bytes as JSON, at most {limits.metadata_max_bytes} allowed"))
     return amount, problems  # type: ignore[return-value]
@@ -248,6 +263,13 @@ def _check_rules(model: _Record, limits: IntakeLimits, now: datetime) -> tuple[M
 
 def _unencodable_text(model: _Record) -> list[tuple[str, str]]:
     """Text that cannot be stored as UTF-8 (a lone surrogate from a JSON escape like \\ud800)."""
+    strings = [getattr(model, name) for name in _STRING_FIELDS[type(model)]]
+    strings += [f"{key}{value}" for key, value in model.metadata.items()]
+    try:
+        "".join(strings).encode("utf-8")
+        return []  # the usual case, decided in one call; the loop below names the field when one fails
+    except UnicodeEncodeError:
+        pass
     texts: list[tuple[str, str]] = [(name, value) for name, value in model if isinstance(value, str)]
     texts += [("metadata", f"{key}{value}") for key, value in model.metadata.items()]
     problems = []
@@ -261,7 +283,8 @@ def _unencodable_text(model: _Record) -> list[tuple[str, str]]:
     return problems
 
 
-def parse_record(record: Any, limits: IntakeLimits, now: datetime, *, size: int | None = None) -> Event:
+def parse_record(record: Any, limits: IntakeLimits, now: datetime, *, size: int | None = None,
+                 correlation_id: str | None = None, causation_id: str | None = None) -> Event:
     """Validate one input record (a JSON object's fields) and build its unsequenced event.
 
     `size` is the record's size in bytes as it arrived (or json_size() where there are no raw bytes):
@@ -285,7 +308,7 @@ def parse_record(record: Any, limits: IntakeLimits, now: datetime, *, size: int 
     too_large = record_size_problem(size) if size is not None else None
     if too_large:
         raise IntakeRejected([too_large])
-    return _to_event(model, amount, now)
+    return _to_event(model, amount, now, correlation_id, causation_id)
 
 
 def _bounded(problems: list[tuple[str, str]]) -> list[tuple[str, str]]:
@@ -295,7 +318,8 @@ def _bounded(problems: list[tuple[str, str]]) -> list[tuple[str, str]]:
     return problems[:PROBLEMS_SHOWN] + [("record", f"{len(problems) - PROBLEMS_SHOWN} more problems not listed")]
 
 
-def _to_event(model: _Record, amount: Money, now: datetime) -> Event:
+def _to_event(model: _Record, amount: Money, now: datetime, correlation_id: str | None = None,
+              causation_id: str | None = None) -> Event:
     occurred = model.occurred_at.astimezone(timezone.utc)
     if isinstance(model, _Payment):
         event_type, business_id = "PaymentCompleted", model.payment_id
@@ -312,7 +336,8 @@ def _to_event(model: _Record, amount: Money, now: datetime) -> Event:
                    "reason": model.reason, "actor": model.actor, "metadata": model.metadata}
     envelope = new_envelope(
         event_type, payee_id=model.payee_id, occurred_at=occurred, recorded_at=now,
-        event_id=deterministic_event_id(model.type, business_id),
+        event_id=deterministic_event_id(model.type, business_id), correlation_id=correlation_id,
+        causation_id=causation_id,
     )
     return Event(envelope, payload)
 
@@ -336,11 +361,5 @@ def validate_event(event: Event, limits: IntakeLimits, now: datetime, *, size: i
     """Re-validate an intake event that arrived as Avro; returns it with its deterministic event id."""
     if event.envelope.is_sequenced or event.envelope.sequence is not None:
         raise IntakeRejected([("envelope.sequence", "must be empty on intake: the sequencer assigns it")])
-    checked = parse_record(record_of_event(event), limits, now, size=size)
-    envelope = checked.envelope
-    return Event(
-        new_envelope(envelope.event_type, payee_id=envelope.payee_id, occurred_at=envelope.occurred_at,
-                     recorded_at=now, event_id=envelope.event_id,
-                     correlation_id=event.envelope.correlation_id, causation_id=event.envelope.causation_id),
-        checked.payload,
-    )
+    return parse_record(record_of_event(event), limits, now, size=size, correlation_id=event.envelope.correlation_id,
+                        causation_id=event.envelope.causation_id)

@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass
-from typing import Any, Callable, Collection, Iterable, Literal, Mapping, Protocol
+from collections.abc import Mapping
+from types import MappingProxyType
+from typing import Any, Callable, Collection, Iterable, Literal, Protocol
 
 from ledger.events import Event
 from ledger.guards import require
@@ -34,7 +36,7 @@ def _plain(value: Any) -> Any:
         return value
     if isinstance(value, Money):
         return [value.amount_minor, value.currency.code]
-    if isinstance(value, Mapping):
+    if type(value) is MappingProxyType or type(value) is dict or isinstance(value, Mapping):
         return {key: _plain(item) for key, item in sorted(value.items())}
     if isinstance(value, (list, tuple)):
         return [_plain(item) for item in value]
@@ -231,10 +233,11 @@ class LedgerIndex:
 
     # --- folding ---------------------------------------------------------------------------------
 
-    def append(self, event: Event) -> tuple[Event, bytes]:
-        """Sequence an accepted event and fold it in; returns the sequenced event and its stored bytes."""
+    def append(self, event: Event, verdict: Verdict | None = None) -> tuple[Event, bytes]:
+        """Sequence an accepted event and fold it in; returns the sequenced event and its stored bytes.
+        `verdict`: this index's verdict on the event, given when the caller just asked for it."""
         require(not self._admitted, "append after admit: this index predicts verdicts, its chains are not heads")
-        verdict = self.verdict(event)
+        verdict = verdict or self.verdict(event)
         require(verdict.status == "accept", f"append of a non-accepted event: {verdict.reason}")
         sequenced, encoded = self.chain.append(event)
         self._fold(sequenced)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Callable
 
 from ledger.events import Event
@@ -28,7 +28,7 @@ class PayeeChains:
     def append(self, event: Event) -> tuple[Event, bytes]:
         require(not event.envelope.is_sequenced, f"event {event.envelope.event_id} is already sequenced")
         head = self.heads.setdefault(event.payee_id, ChainHead())
-        sequenced = replace(event, envelope=event.envelope.sequenced(head.sequence + 1, head.hash))
+        sequenced = Event(event.envelope.sequenced(head.sequence + 1, head.hash), event.payload)
         encoded = self.encode(sequenced)
         head.sequence += 1
         head.hash = event_hash(encoded)

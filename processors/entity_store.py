@@ -14,7 +14,7 @@ from typing import Any, Iterable, Mapping
 
 import sqlalchemy
 
-from runtime.database import insert_values
+from runtime.database import copy_rows
 
 
 
@@ -35,10 +35,10 @@ class EntityStore:
     def put_many(self, connection: sqlalchemy.Connection, kind: str, items: Mapping[str, Any]) -> None:
         if not items:
             return
-        insert_values(connection, "INSERT INTO processor_entities (processor, kind, key, state) VALUES %s "
-                      "ON CONFLICT (processor, kind, key) DO UPDATE SET state = EXCLUDED.state",
-                      [(self.processor, kind, key, pickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL))
-                       for key, value in items.items()])
+        copy_rows(connection, "processor_entities", ("processor", "kind", "key", "state"),
+                  [(self.processor, kind, key, pickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL))
+                   for key, value in items.items()],
+                  "ON CONFLICT (processor, kind, key) DO UPDATE SET state = EXCLUDED.state")
 
     def delete_many(self, connection: sqlalchemy.Connection, kind: str, keys: Iterable[str]) -> None:
         wanted = sorted(set(keys))

@@ -107,6 +107,7 @@ class Sequencer:
         self._stop = threading.Event()
         self._prepared: dict[Source, Event | Exception] = {}
         self._appending = False  # between index.append and its produce: an error there is never the record's
+        self._appended_types: dict[str, int] = {}  # events appended in this batch, per type (metrics)
 
     def stop(self) -> None:
         self._stop.set()
@@ -368,6 +369,9 @@ class Sequencer:
             self._dead_sources = {source for source in self._dead_sources
                                   if source[2] >= committed.get(source[:2], -1)}
         self.cadence.folded(outputs.delivered)
+        for event_type, count in self._appended_types.items():  # counted per batch: a label lookup is not free
+            metrics.EVENTS_APPENDED.labels(event_type).inc(count)
+        self._appended_types.clear()
         if self.cadence.due():
             self._checkpoint(self._dead_sources)
 
@@ -460,12 +464,12 @@ class Sequencer:
             return
         self._settle_waiting(source, waited, done)
         self._appending = True
-        sequenced, encoded = self.index.append(event)
+        sequenced, encoded = self.index.append(event, verdict)
         outputs.event(self.settings.topic_events, sequenced.payee_id.encode(), encoded,
                       [(SOURCE_HEADER, f"{record.topic}:{record.partition}:{record.offset}".encode())])
         self._appending = False
         self.stats.appended += 1
-        metrics.EVENTS_APPENDED.labels(sequenced.event_type).inc()
+        self._appended_types[sequenced.event_type] = self._appended_types.get(sequenced.event_type, 0) + 1
         if sequenced.event_type == "PayoutRequested":
             net = sequenced.payload["net"]
             metrics.PAYOUTS_REQUESTED.labels(sequenced.payload["payout_method"], net.currency.code).inc()

@@ -2,7 +2,7 @@
 
 Dedupe ids with their content digests (table sequencer_recorded, one row per event), what remains
 refundable of each payment (sequencer_payments) and finished payouts (processor_entities) are written
-in the checkpoint's transaction and looked up per batch, many keys per query (ledger/ledger_index.py
+(by COPY) in the checkpoint's transaction and looked up per batch, many keys per query (ledger/ledger_index.py
 IndexBacking). Dedupe stays exact and ledger-wide: a payment id reused years later, under any payee,
 is found by its unique key.
 """
@@ -17,7 +17,7 @@ from ledger.ledger_index import IndexChanges, PaymentFacts
 from ledger.money import Money
 from ledger.payouts import Payout
 from processors.entity_store import EntityStore
-from runtime.database import insert_values
+from runtime.database import copy_rows
 
 
 
@@ -46,14 +46,14 @@ class PostgresIndexBacking:
 
     def store(self, connection: sqlalchemy.Connection, changes: IndexChanges) -> None:
         """Write what the index handed over, in the caller's transaction (the checkpoint's)."""
-        insert_values(connection, "INSERT INTO sequencer_recorded (dedupe_key, event_id, digest) VALUES %s "
-                      "ON CONFLICT (dedupe_key) DO NOTHING",
-                      [(key, event_id, digest) for key, (event_id, digest) in changes.recorded.items()])
-        insert_values(connection, "INSERT INTO sequencer_payments (payment_id, payee_id, currency, amount_minor, "
-                      "refunded_minor) VALUES %s ON CONFLICT (payment_id) DO UPDATE SET refunded_minor = "
-                      "EXCLUDED.refunded_minor",
-                      [(p.payment_id, p.payee_id, p.amount.currency.code, p.amount.amount_minor,
-                        p.refunded.amount_minor) for p in changes.payments])
+        copy_rows(connection, "sequencer_recorded", ("dedupe_key", "event_id", "digest"),
+                  [(key, event_id, digest) for key, (event_id, digest) in changes.recorded.items()],
+                  "ON CONFLICT (dedupe_key) DO NOTHING")
+        copy_rows(connection, "sequencer_payments", ("payment_id", "payee_id", "currency", "amount_minor",
+                                                     "refunded_minor"),
+                  [(p.payment_id, p.payee_id, p.amount.currency.code, p.amount.amount_minor, p.refunded.amount_minor)
+                   for p in changes.payments],
+                  "ON CONFLICT (payment_id) DO UPDATE SET refunded_minor = EXCLUDED.refunded_minor")
         self.entities.put_many(connection, "payout", {p.payout_id: p for p in changes.finished_payouts})
 
     def clear(self, connection: sqlalchemy.Connection) -> None:

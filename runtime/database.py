@@ -69,17 +69,43 @@ def database_answers(url: str) -> bool:
         engine.dispose()
 
 
-def insert_values(connection: sqlalchemy.Connection, sql: str, rows: list[tuple], page_size: int = 1000) -> None:
-    """`INSERT ... VALUES %s ...` for many rows in one round trip per page (psycopg2's execute_values).
+_COPY_ESCAPES = str.maketrans({"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r"})
 
-    SQLAlchemy sends INSERT .. ON CONFLICT through psycopg2's executemany, one round trip per row: a
-    sequencer checkpoint of 10,000 ids spent most of its time there (docs/decisions.md §30)."""
+
+def copy_text(value: object) -> str:
+    """One value in PostgreSQL's COPY text format: NULL as \\N, the four special characters escaped."""
+    if value is None:
+        return "\\N"
+    if isinstance(value, bool):
+        return "t" if value else "f"
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        return "\\\\x" + bytes(value).hex()  # bytea in hex form, its backslash escaped for COPY
+    text = value if isinstance(value, str) else str(value)
+    return text.translate(_COPY_ESCAPES) if ("\\" in text or "\t" in text or "\n" in text or "\r" in text) else text
+
+
+def copy_rows(connection: sqlalchemy.Connection, table: str, columns: tuple[str, ...], rows: list[tuple],
+              on_conflict: str | None = None) -> None:
+    """Write many rows with COPY, in the caller's transaction: the bulk path, one round trip for all rows.
+
+    Without on_conflict the rows are copied straight into `table`. With it (e.g. "ON CONFLICT (key) DO
+    NOTHING") they are copied into a temporary table shaped like `table`, then moved by one
+    INSERT ... SELECT with that clause, since COPY itself cannot skip or update existing rows."""
     if not rows:
         return
-    from psycopg2.extras import execute_values
+    import io
 
+    names = ", ".join(columns)
+    data = io.StringIO("".join("\t".join(map(copy_text, row)) + "\n" for row in rows))
     cursor = connection.connection.driver_connection.cursor()
     try:
-        execute_values(cursor, sql, rows, page_size=page_size)
+        if on_conflict is None:
+            cursor.copy_expert(f"COPY {table} ({names}) FROM STDIN", data)
+            return
+        staging = f"copy_staging_{table}"
+        cursor.execute(f"CREATE TEMP TABLE IF NOT EXISTS {staging} (LIKE {table}) ON COMMIT DELETE ROWS")
+        cursor.copy_expert(f"COPY {staging} ({names}) FROM STDIN", data)
+        cursor.execute(f"INSERT INTO {table} ({names}) SELECT {names} FROM {staging} {on_conflict}")
+        cursor.execute(f"TRUNCATE {staging}")
     finally:
         cursor.close()
