@@ -3,11 +3,20 @@
 A double subclasses :class:`ThreadedTestServer` (its state, its rules, ``handle`` and ``_control``) and
 :class:`ThreadedTestHandler` (how one request reaches ``handle``), and names the handler in
 ``handler_class``. Everything here is provider-neutral; the provider's rules stay in its own module.
+
+Connections: HTTP/1.1 kept alive (as a provider's API does: a client pays for a TCP connection and a
+server thread once, not per request), a thread each, and a listen backlog of LISTEN_BACKLOG (the
+standard library's is 5, so a burst of clients connecting at once saw resets), so hundreds of
+concurrent clients are served. ``stop()`` also closes the connections still open, so a stopped server
+answers nothing more. An answer's action ends a connection without an answer: "drop" closes it (FIN),
+"reset" aborts it (RST, as a crashed proxy or a load balancer does).
 """
 
 from __future__ import annotations
 
 import json
+import socket
+import struct
 import threading
 import time
 import urllib.parse
@@ -15,6 +24,13 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Dict, List, Optional, Self, Tuple, Type
 
 Answer = Tuple[int, Dict[str, Any], Dict[str, str], Optional[str]]  # status, body, headers, action
+LISTEN_BACKLOG = 1024
+CONNECTION_ACTIONS = ("drop", "reset")  # answers that end the connection without a response
+
+
+class _Server(ThreadingHTTPServer):
+    request_queue_size = LISTEN_BACKLOG
+    daemon_threads = True
 
 
 class Fault:
@@ -37,10 +53,22 @@ class ThreadedTestHandler(BaseHTTPRequestHandler):
 
     test_server: ThreadedTestServer  # bound by ThreadedTestServer.start
     sys_version = ""
+    protocol_version = "HTTP/1.1"  # keep-alive: every answer carries Content-Length
+    disable_nagle_algorithm = True  # headers and body are two writes: Nagle + delayed ACK held the body ~40 ms
     json_indent: Optional[int] = None
 
     def log_message(self, format: str, *args: Any) -> None:  # silence
         pass
+
+    def setup(self) -> None:
+        super().setup()
+        self.test_server._opened(self.connection)
+
+    def finish(self) -> None:
+        try:
+            super().finish()
+        finally:
+            self.test_server._closed(self.connection)
 
     def _answer(self, method: str, split: urllib.parse.SplitResult, raw: bytes) -> Answer:
         raise NotImplementedError
@@ -74,11 +102,15 @@ class ThreadedTestHandler(BaseHTTPRequestHandler):
         if server.latency_s > 0:
             time.sleep(server.latency_s)
         status, body, headers, action = self._answer(method, split, raw)
-        if action == "drop":
+        if action in CONNECTION_ACTIONS:
             server._log_request(self._log_entry(method, split.path, 0))
             self.close_connection = True
             try:
-                self.connection.shutdown(2)
+                if action == "reset":  # linger on with a zero timeout: close() sends RST, not FIN
+                    self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                    self.connection.close()
+                else:
+                    self.connection.shutdown(2)
             except OSError:
                 pass
             return
@@ -119,6 +151,7 @@ class ThreadedTestServer:
         self._lock = threading.RLock()
         self._idle = threading.Condition(self._lock)
         self._in_flight = 0
+        self._connections: set = set()  # sockets of the connections open now
         self._httpd: Optional[ThreadingHTTPServer] = None
         self._thread: Optional[threading.Thread] = None
         self._init_state()
@@ -134,8 +167,7 @@ class ThreadedTestServer:
         if self._httpd is not None:
             return self
         handler = type(self.handler_class.__name__, (self.handler_class,), {"test_server": self})
-        self._httpd = ThreadingHTTPServer((self._host, self._port), handler)
-        self._httpd.daemon_threads = True
+        self._httpd = _Server((self._host, self._port), handler)
         self._thread = threading.Thread(target=self._httpd.serve_forever, kwargs={"poll_interval": 0.05},
                                         name=self.thread_name, daemon=True)
         self._thread.start()
@@ -146,6 +178,13 @@ class ThreadedTestServer:
             return
         self._httpd.shutdown()
         self._httpd.server_close()
+        with self._lock:
+            open_now = list(self._connections)
+        for connection in open_now:  # kept-alive connections: their threads would go on answering
+            try:
+                connection.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
         if self._thread is not None:
             self._thread.join(timeout=5)
         self._httpd, self._thread = None, None
@@ -190,7 +229,7 @@ class ThreadedTestServer:
             return dict(self._creations)
 
     def requests_log(self) -> List[Tuple[Any, ...]]:
-        """One row per request, shaped by the handler's ``_log_entry``; status 0 = connection dropped."""
+        """One row per request, shaped by the handler's ``_log_entry``; status 0 = connection dropped or reset."""
         with self._lock:
             return list(self._log)
 
@@ -232,6 +271,14 @@ class ThreadedTestServer:
     def _log_request(self, entry: Tuple[Any, ...]) -> None:
         with self._lock:
             self._log.append(entry)
+
+    def _opened(self, connection: socket.socket) -> None:
+        with self._lock:
+            self._connections.add(connection)
+
+    def _closed(self, connection: socket.socket) -> None:
+        with self._lock:
+            self._connections.discard(connection)
 
     def _enter(self) -> None:
         with self._lock:

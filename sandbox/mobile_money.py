@@ -33,7 +33,9 @@ Semantics:
     - ``slow``: sleep ``delay_s``, then handle normally (the transaction is created even if the
       client gave up); ``wait_idle()`` waits for it.
     - ``drop``: close the connection without an answer; nothing executed.
-    - ``accepted_then_500`` / ``accepted_then_drop``: execute (create), then answer 500 / close.
+    - ``reset``: reset the connection (RST) without an answer; nothing executed.
+    - ``accepted_then_500`` / ``accepted_then_drop`` / ``accepted_then_reset``: execute (create), then
+      answer 500 / close / reset.
 * ``/_test/...``: the same controls over HTTP (JSON), so a processor in another process can be
   steered: POST reset, faults, fail_msisdn, config, balance, limit, expire_tokens,
   transactions/{id}/status; GET state.
@@ -51,8 +53,8 @@ from typing import Any, Callable, Dict, List, Optional, Tuple
 
 from sandbox.http_server import Answer, Fault, ThreadedTestHandler, ThreadedTestServer
 
-FAULT_KINDS = ("rate_limit", "server_error", "unauthorized", "slow", "drop", "accepted_then_500",
-               "accepted_then_drop")
+FAULT_KINDS = ("rate_limit", "server_error", "unauthorized", "slow", "drop", "reset", "accepted_then_500",
+               "accepted_then_drop", "accepted_then_reset")
 STATUSES = ("PENDING", "SUCCESS", "FAILED")
 TOKEN_PATH = "/oauth/v3/token"
 CASHIN_PATH = "/omcoreapis/1.0.2/cashin"
@@ -76,7 +78,11 @@ class _Refusal(Exception):
 
 
 class _Drop(Exception):
-    """Close the connection without an answer."""
+    """Close ("drop") or reset ("reset") the connection without an answer."""
+
+    def __init__(self, action: str = "drop") -> None:
+        super().__init__(action)
+        self.action = action
 
 
 class _Handler(ThreadedTestHandler):
@@ -194,7 +200,7 @@ class MobileMoneyTestServer(ThreadedTestServer):
     # ------------------------------------------------------ request handling
     def handle(self, method: str, path: str, headers: Any, raw: bytes
                ) -> Tuple[int, Dict[str, Any], Dict[str, str], Optional[str]]:
-        """(status, body, headers, action); action "drop" closes the connection unanswered."""
+        """(status, body, headers, action); action "drop" closes the connection unanswered, "reset" resets it."""
         try:
             if path != TOKEN_PATH:
                 self._authenticate(headers)
@@ -203,20 +209,20 @@ class MobileMoneyTestServer(ThreadedTestServer):
                 return (*self._issue_token(method, headers, raw), None)
             status, body = self._route(method, path, raw)
             # Consumed only by a request that executed: a refusal (409, 422...) leaves the fault armed.
-            after = self._take_fault(method, path, ("accepted_then_500", "accepted_then_drop"))
-            if after is not None and after.kind == "accepted_then_drop":
-                return 0, {}, {}, "drop"
+            after = self._take_fault(method, path, ("accepted_then_500", "accepted_then_drop", "accepted_then_reset"))
+            if after is not None and after.kind in ("accepted_then_drop", "accepted_then_reset"):
+                return 0, {}, {}, after.kind.removeprefix("accepted_then_")
             if after is not None:
                 return 500, {"code": "INTERNAL_ERROR", "message": "injected after execution"}, {}, None
             return status, body, {}, None
         except _Refusal as refusal:
             return (*refusal.answer(), None)
-        except _Drop:
-            return 0, {}, {}, "drop"
+        except _Drop as drop:
+            return 0, {}, {}, drop.action
 
     def _faults_before(self, method: str, path: str) -> None:
         """Apply a fault that acts before execution: refuse, drop, or delay."""
-        fault = self._take_fault(method, path, ("rate_limit", "server_error", "unauthorized", "slow", "drop"))
+        fault = self._take_fault(method, path, ("rate_limit", "server_error", "unauthorized", "slow", "drop", "reset"))
         if fault is None:
             return
         if fault.kind == "rate_limit":
@@ -227,8 +233,8 @@ class MobileMoneyTestServer(ThreadedTestServer):
             raise _Refusal(status, "SERVICE_UNAVAILABLE" if status == 503 else "INTERNAL_ERROR", "injected")
         if fault.kind == "unauthorized":
             raise _Refusal(401, "INVALID_TOKEN", "injected: the token is not valid")
-        if fault.kind == "drop":
-            raise _Drop()
+        if fault.kind in ("drop", "reset"):
+            raise _Drop(fault.kind)
         time.sleep(fault.delay_s)  # slow: then handled normally, even if the client gave up meanwhile
 
     def _issue_token(self, method: str, headers: Any, raw: bytes) -> Tuple[int, Dict[str, Any], Dict[str, str]]:

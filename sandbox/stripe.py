@@ -27,7 +27,7 @@ Semantics implemented (mirroring Stripe where it matters for us):
   NOT stored (so the key can be used again): 401, 429 (``rate_limit``
   fault), parameter-validation 400s (missing/invalid params - Stripe: "if
   incoming parameters failed validation ... no idempotent result is saved"),
-  409 concurrent-use responses and ``drop`` faults.
+  409 concurrent-use responses and ``drop`` / ``reset`` faults.
   Same key + different method/path/params -> 400 ``idempotency_error``.
   Same key while the first request is still executing -> 409
   ``idempotency_error`` code ``idempotency_key_in_use`` (SDK retries 409s).
@@ -42,8 +42,11 @@ Semantics implemented (mirroring Stripe where it matters for us):
       before idempotency (like Stripe's rate limiter), never stored.
     - ``drop``: the connection is closed without any response; nothing is
       executed or stored.
+    - ``reset``: the connection is reset (RST) without any response; nothing
+      is executed or stored (a client sees ConnectionResetError).
     - ``accepted_then_drop``: the object is created and the response stored
       for the key, then the connection is closed without a response.
+    - ``accepted_then_reset``: the same, then the connection is reset (RST).
     - ``slow``: after the idempotency key is locked, sleep ``delay_s`` then
       handle normally (the result is stored even if the client gave up).
     - ``server_error``: 500 ``api_error`` without executing; stored for the
@@ -75,8 +78,10 @@ FAULT_KINDS = (
     "server_error",
     "slow",
     "drop",
+    "reset",
     "accepted_then_500",
     "accepted_then_drop",
+    "accepted_then_reset",
 )
 PAYOUT_STATUSES = ("pending", "in_transit", "paid", "failed", "canceled")
 MAX_IDEMPOTENCY_KEY_LEN = 255
@@ -312,7 +317,7 @@ class StripeTestServer(ThreadedTestServer):
     # ------------------------------------------------------ request handling
     def handle(self, method: str, path: str, query: Dict[str, Any], params: Dict[str, Any],
                headers) -> Tuple[int, Dict[str, Any], Dict[str, str], Optional[str]]:
-        """Returns (status, body, extra_headers, action) with action None/"drop"."""
+        """Returns (status, body, extra_headers, action) with action None/"drop"/"reset"."""
         key = headers.get("Idempotency-Key")
         auth = headers.get("Authorization") or ""
         api_key = auth[len("Bearer "):].strip() if auth.startswith("Bearer ") else ""
@@ -321,7 +326,7 @@ class StripeTestServer(ThreadedTestServer):
                    f"Invalid API Key provided: {api_key[:8]}{'*' * max(0, len(api_key) - 8)}")
             return 401, _invalid(msg, status=401).body, {}, None
 
-        fault = self._take_fault(method, path, ("rate_limit", "drop", "slow"))
+        fault = self._take_fault(method, path, ("rate_limit", "drop", "reset", "slow"))
         if fault and fault.kind == "rate_limit":
             hdrs = {"Retry-After": str(fault.retry_after_s)}
             if fault.should_retry is not None:
@@ -330,8 +335,8 @@ class StripeTestServer(ThreadedTestServer):
                               "message": "Request rate limit exceeded. Learn more about rate limits here "
                                          "https://stripe.com/docs/rate-limits."}}
             return 429, body, hdrs, None
-        if fault and fault.kind == "drop":
-            return 0, {}, {}, "drop"
+        if fault and fault.kind in ("drop", "reset"):
+            return 0, {}, {}, fault.kind
 
         if method != "POST" or not key:
             if fault and fault.kind == "slow":
@@ -369,15 +374,16 @@ class StripeTestServer(ThreadedTestServer):
         try:
             if fault and fault.kind == "slow":
                 time.sleep(fault.delay_s)
-            f2 = self._take_fault(method, path, ("server_error", "accepted_then_500", "accepted_then_drop"))
+            f2 = self._take_fault(method, path, ("server_error", "accepted_then_500", "accepted_then_drop",
+                                                 "accepted_then_reset"))
             if f2 is not None and f2.kind == "server_error":
                 status, body, hdrs = self._fault_500(f2)
             else:
                 status, body, hdrs = self._execute(method, path, query, params, headers, key)
                 if f2 is not None and status < 400 and f2.kind == "accepted_then_500":
                     status, body, hdrs = self._fault_500(f2)
-                elif f2 is not None and status < 400 and f2.kind == "accepted_then_drop":
-                    action = "drop"
+                elif f2 is not None and status < 400 and f2.kind in ("accepted_then_drop", "accepted_then_reset"):
+                    action = f2.kind.removeprefix("accepted_then_")
             store = hdrs.pop("_store", "1") == "1"
         except BaseException:
             with self._lock:
