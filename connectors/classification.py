@@ -1,7 +1,10 @@
 """Which provider failures are worth an automatic retry, and which need a person (new account details).
 
 Retryable: timeouts, connection errors, rate limits (429, honouring Retry-After), provider errors
-(5xx), and Stripe's could_not_process and insufficient_funds. Everything
+(5xx), a request whose idempotency key is still in use by the first one (Stripe's 409
+idempotency_key_in_use: its outcome is not known yet), and Stripe's could_not_process and
+insufficient_funds. QUICK_RETRY_CODES, the failures that left no answer, are first retried within
+seconds under the same key (processors/transfer_processor.py). Everything
 else fails at once: invalid or closed accounts, accounts not verified, invalid amounts, missing
 permissions and the other Stripe failure codes.
 """
@@ -12,8 +15,11 @@ from connectors.base import Outcome, TransferResult
 
 RETRYABLE_CODES = frozenset({
     "timeout", "connection_error", "rate_limited", "provider_error", "provider_unavailable",
-    "could_not_process", "insufficient_funds", "balance_insufficient",
+    "could_not_process", "insufficient_funds", "balance_insufficient", "idempotency_key_in_use",
 })
+# No answer at all (the connection was reset or refused, or timed out before an answer), or the first request
+# under the key still running: the same request again under the same key is safe and usually answered.
+QUICK_RETRY_CODES = frozenset({"connection_error", "timeout", "idempotency_key_in_use"})
 PERMANENT_CODES = frozenset({
     "account_closed", "account_frozen", "bank_account_restricted", "bank_ownership_changed", "debit_not_authorized",
     "declined", "invalid_account_number", "incorrect_account_holder_name", "incorrect_account_holder_address",
