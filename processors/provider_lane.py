@@ -2,6 +2,13 @@
 (a thread pool) and call rate (a token bucket). Provider calls run here, off the processor's loop, so a
 slow provider delays only its own payouts.
 
+Pipelined: the processor hands a lane up to `capacity` calls (its concurrency plus a queue of as many
+again), and a pool thread that finishes a call takes the next queued one at once, without waiting for
+the processor's loop. A thread is held only for the call itself (and its turn in the token bucket);
+what comes before (recording the attempt, waiting for it to be chained) and after (recording the
+outcome) happens in the processor's loop while the next calls run. Queued calls that have not started
+are withdrawn when the circuit opens (`cancel_queued`): they never reached the provider.
+
 Calls run in the pool inside a copy of the submitting context (contextvars do not cross into pool
 threads by themselves), so a connector's log lines carry the payout's ids (runtime/logs.py)."""
 
@@ -12,7 +19,7 @@ import logging
 import queue
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Callable
@@ -22,6 +29,7 @@ from connectors.circuit_breaker import CircuitBreaker
 from runtime import metrics
 
 logger = logging.getLogger("ledger.transfers")
+QUEUED_PER_SLOT = 1  # calls queued behind each running one: a freed thread never waits for the processor's loop
 
 
 class TokenBucket:
@@ -34,16 +42,18 @@ class TokenBucket:
         self._last = monotonic()
         self._lock = threading.Lock()
 
-    def acquire(self) -> None:
+    def acquire(self, tokens: int = 1) -> None:
+        """Take `tokens` (one per provider request; never more than the burst at once)."""
+        need = min(float(tokens), self.capacity)
         while True:
             with self._lock:
                 now = self._monotonic()
                 self._tokens = min(self.capacity, self._tokens + (now - self._last) * self.rate)
                 self._last = now
-                if self._tokens >= 1 - 1e-9:  # tolerance: float refills land a hair below 1
-                    self._tokens = max(0.0, self._tokens - 1)
+                if self._tokens >= need - 1e-9:  # tolerance: float refills land a hair below a whole token
+                    self._tokens = max(0.0, self._tokens - need)
                     return
-                wait = (1 - self._tokens) / self.rate
+                wait = (need - self._tokens) / self.rate
             self._sleep(wait)  # pacing a provider, not waiting for asynchronous work
 
 
@@ -65,41 +75,56 @@ class ProviderLane:
         self._pool = ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix=f"provider-{self.name}")
         self._bucket = TokenBucket(rate_per_s)
         self._results = results
-        self.concurrency = concurrency
-        self.busy: set[str] = set()  # payout ids with a call in flight (touched by the processor loop only)
+        self.concurrency, self.rate_per_s = concurrency, rate_per_s
+        self.capacity = concurrency * (1 + QUEUED_PER_SLOT)  # calls running plus calls queued behind them
+        self.busy: set[str] = set()  # payout ids with a call handed over (touched by the processor loop only)
         self._submitting: set[str] = set()  # of those, the ones being paid (not looked up)
+        self._handed: dict[str, tuple[Future, int, str]] = {}  # payout -> (its call, attempt, mode)
         self.batches = hasattr(connector, "submit_batch")
+        self._cost = getattr(connector, "requests_per_call", None)
 
     @property
     def free_slots(self) -> int:
-        """How many more payments may start now: for a batching provider, one batch at a time."""
+        """How many more payments may be handed over now: for a batching provider, one batch at a time."""
         if self.batches:
             return 0 if self._submitting else 1
-        return self.concurrency - len(self.busy)
+        return self.capacity - len(self.busy)
 
     @property
     def lookup_slots(self) -> int:
-        return self.concurrency - len(self.busy)
+        return self.capacity - len(self.busy)
 
     def submit(self, requests: list[TransferRequest]) -> None:
         """Pay these out (several at once only for a batching provider: one bank file)."""
+        future = self._pool.submit(contextvars.copy_context().run, self._run, requests, "submit")
         for request in requests:
             self.busy.add(request.payout_id)
             self._submitting.add(request.payout_id)
-        self._pool.submit(contextvars.copy_context().run, self._run, requests, "submit")
+            self._handed[request.payout_id] = (future, request.attempt, "submit")
 
     def resolve(self, request: TransferRequest, mode: str) -> None:
         """Ask the provider what it knows (after a restart: `resolve`; a transfer still processing: `poll`)."""
+        future = self._pool.submit(contextvars.copy_context().run, self._run, [request], mode)
         self.busy.add(request.payout_id)
-        self._pool.submit(contextvars.copy_context().run, self._run, [request], mode)
+        self._handed[request.payout_id] = (future, request.attempt, mode)
 
     def done(self, payout_id: str) -> None:
         self.busy.discard(payout_id)
         self._submitting.discard(payout_id)
+        self._handed.pop(payout_id, None)
+
+    def cancel_queued(self) -> list[tuple[str, int, str]]:
+        """Withdraw the calls that have not started (the circuit opened): (payout, attempt, mode) of each.
+        A withdrawn call never reached the provider and never reports a result."""
+        withdrawn = [(payout_id, attempt, mode) for payout_id, (future, attempt, mode) in list(self._handed.items())
+                     if future.cancel()]
+        for payout_id, _, _ in withdrawn:
+            self.done(payout_id)
+        return withdrawn
 
     def _run(self, requests: list[TransferRequest], mode: str) -> None:
         try:
-            self._bucket.acquire()
+            self._bucket.acquire(self._cost(requests[0], mode) if self._cost and len(requests) == 1 else 1)
             started = time.monotonic()
             if mode == "submit":
                 if len(requests) > 1:

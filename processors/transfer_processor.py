@@ -22,8 +22,19 @@ checkpoint_every_s seconds and at a clean stop; finished payouts leave memory at
 
 Outcome events have deterministic ids (payout, attempt, kind): recording one twice chains it once.
 Retryable failures are retried on a schedule (by default 5 min, 15 min, 1 h; settings.retry_delays_s),
-as due times folded from PayoutRetryScheduled events, without blocking other payouts. Each provider
-has its own lane: circuit breaker, bounded concurrency and call rate (processors/provider_lane.py).
+as due times folded from PayoutRetryScheduled events, without blocking other payouts. A failure that
+left no answer (connection reset or refused, a timeout, the key still in use: QUICK_RETRY_CODES) first
+gets settings.provider_quick_retries quick retries of the same attempt under the same key, 0.5 s
+doubling up to 5 s apart, as Stripe's SDK does: the call again where the provider replays a request by
+its key (REPLAYS_BY_KEY), otherwise a lookup first. Each provider has its own lane: circuit breaker,
+bounded concurrency and call rate (processors/provider_lane.py, limits from runtime/providers.py).
+
+Pipelined: the loop records attempts ahead (up to the lane's window), hands the lane its next calls
+before the running ones end (the lane's queue), and sends outcomes without waiting for the broker's
+acknowledgement (a delivery failure stops the process; the producer is flushed before a checkpoint and
+at a stop). While calls run it waits at most BUSY_WAIT_S for records, and it decides what to do next
+(a pass over the open payouts) at most every SCHEDULE_EVERY_S while things change, IDLE_SCHEDULE_S
+otherwise.
 """
 
 from __future__ import annotations
@@ -37,6 +48,7 @@ from typing import Callable
 
 from connectors.base import Connector, Outcome, TransferRequest, attempt_key, provider_for
 from connectors.circuit_breaker import BreakerState, CircuitBreaker
+from connectors.classification import QUICK_RETRY_CODES
 from ledger import payouts as records
 from ledger.codec import EventCodec, UndecodableEvent
 from ledger.events import Event
@@ -44,7 +56,7 @@ from ledger.payouts import Payout, PayoutBook, PayoutStatus, named_payout
 from ledger.retry_policy import RetryPolicy
 from processors.checkpoints import Resume, announce
 from processors.fault_points import crash_point
-from processors.kafka_io import DeliveryTracker, flush_or_raise, make_producer, topic_partitions
+from processors.kafka_io import DeliveryFailed, DeliveryTracker, flush_or_raise, make_producer, topic_partitions
 from processors.ledger_replay import CorruptLedger
 from processors.log_reader import LogReader, StopFlag
 from processors.provider_lane import CallResult, ProviderLane, utc_now
@@ -52,6 +64,7 @@ from processors.transfer_checkpoint import PROCESSOR, TransferCheckpoints, Trans
 from runtime import metrics
 from runtime.database import make_engine
 from runtime.logs import log_context
+from runtime.providers import lane_limits
 from runtime.settings import Settings
 
 OUTCOME_TYPES = ("PayoutAccepted", "PayoutSettled", "PayoutFailed", "PayoutRetryScheduled")
@@ -60,6 +73,12 @@ AWAIT_CHAIN_S = 120.0  # a submit not chained by then was refused (or is stuck):
 UNKNOWN_RETRY_S = 30.0  # after a connector raised: look the payout up again after this long
 PAUSE_CHECK_S = 5.0
 UNCHAINED_WARNING_S = 10.0
+BUSY_WAIT_S = 0.005  # longest wait for records while calls run: their results are handled this soon
+IDLE_WAIT_S = 0.05
+SCHEDULE_EVERY_S = 0.01  # a pass over the open payouts at most this often while records or results arrive
+IDLE_SCHEDULE_S = 0.2  # and at least this often (due retries, quick retries, polls)
+QUICK_RETRY_FIRST_S = 0.5  # Stripe's SDK: 0.5 s, doubling, at most 5 s
+QUICK_RETRY_MAX_S = 5.0
 # A lookup or status check failing with these says nothing about the transfer: the question went unanswered.
 UNANSWERED_CODES = frozenset({"timeout", "connection_error", "rate_limited", "provider_error", "provider_unavailable",
                               "authentication_failed"})
@@ -84,6 +103,7 @@ class TransferStats:
     resolved_by_lookup: int = 0
     expired: int = 0
     unknown_outcomes: int = 0
+    quick_retries: int = 0
     by_reason: dict[str, int] = field(default_factory=dict)
 
 
@@ -97,11 +117,15 @@ class TransferProcessor:
         self.policy = RetryPolicy(tuple(settings.retry_delays_s))
         self.book = PayoutBook()
         self.stats = TransferStats()
-        self._results: "queue.Queue[CallResult]" = queue.Queue()
-        self.lanes = {name: ProviderLane(
-            connector, concurrency=settings.provider_concurrency, rate_per_s=settings.provider_rate_per_s,
-            breaker=CircuitBreaker(clock, settings.breaker_failures, settings.breaker_cooldown_s),
-            window=settings.provider_window, results=self._results) for name, connector in connectors.items()}
+        self._results: "queue.Queue[CallResult]" = queue.Queue()  # bounded by the lanes' capacities
+        self.lanes: dict[str, ProviderLane] = {}
+        for name, connector in connectors.items():
+            limits = lane_limits(settings, connector)
+            self.lanes[name] = ProviderLane(
+                connector, concurrency=limits.concurrency, rate_per_s=limits.rate_per_s,
+                breaker=CircuitBreaker(clock, settings.breaker_failures, settings.breaker_cooldown_s),
+                window=limits.window, results=self._results)
+            logger.info("%s lane: %s", name, limits.describe())
         self._producer = make_producer(bootstrap)
         self._tracker = DeliveryTracker()
         self._unflushed = 0
@@ -122,10 +146,15 @@ class TransferProcessor:
         self._sent_submits: dict[tuple[str, int], Event] = {}
         self._cleared: set[tuple[str, int]] = set()  # attempts the provider was asked about and has nothing of
         self._unknown_until: dict[str, float] = {}  # payout -> monotonic time before which it is not asked again
+        self._quick_tries: dict[tuple[str, int], int] = {}  # attempt -> quick retries made after no answer
+        self._scheduled_at = 0.0
+        self._order: list[str] = []  # the open payouts, oldest request first (rebuilt when one is added)
+        self._order_stale = True
         self._last_poll: dict[str, float] = {}
         self._retry_decided: set[tuple[str, int]] = set()
         self._warned: set[str] = set()
         self._warned_unchained = 0.0
+        self._unchained_checked = 0.0
         self._gauges_at = 0.0
         self._paused = database_url is not None  # until the pause is read: fail closed
         self._pause_known = False
@@ -175,7 +204,7 @@ class TransferProcessor:
                     pending.clear()
                     last_activity = time.monotonic()
                     continue
-                messages = self._events.poll(0.05 if phase == "live" else None)
+                messages = self._events.poll(self._live_wait() if phase == "live" else None)
                 if messages:
                     self._fold_events(messages)
                     last_activity = time.monotonic()
@@ -189,8 +218,12 @@ class TransferProcessor:
                     continue
                 if self._commands is not None:  # only its position matters now: what this process sent is known
                     self._cadence_folded(len(self._commands.poll(0)))
-                if self._drain_results() | self._schedule():
+                changed = self._drain_results()
+                if self._schedule_due(bool(messages) or changed) and self._schedule():
+                    changed = True
+                if changed:
                     last_activity = time.monotonic()
+                self._serve_producer()
                 self._warn_if_unchained()
                 self._checkpoint_if_due()
                 if any(lane.busy for lane in self.lanes.values()):
@@ -215,12 +248,24 @@ class TransferProcessor:
             lane.shutdown()
         self._flush()
 
+    def _live_wait(self) -> float:
+        """How long the next poll for records may wait: not at all with results waiting, briefly while calls run."""
+        if not self._results.empty():
+            return 0.0
+        return BUSY_WAIT_S if any(lane.busy for lane in self.lanes.values()) else IDLE_WAIT_S
+
+    def _schedule_due(self, changed: bool) -> bool:
+        """Whether to pass over the open payouts now: soon after a change, and now and then for due times."""
+        since = time.monotonic() - self._scheduled_at
+        return since >= IDLE_SCHEDULE_S or (changed and since >= SCHEDULE_EVERY_S)
+
     def _warn_if_unchained(self) -> None:
         """Attempts wait for the sequencer; say so when it seems not to run."""
-        if not self._awaiting:
-            return
-        oldest = min(sent for _, sent in self._awaiting.values())
         now = time.monotonic()
+        if not self._awaiting or now - self._unchained_checked < 1.0:
+            return
+        self._unchained_checked = now
+        oldest = min(sent for _, sent in self._awaiting.values())
         if now - oldest >= UNCHAINED_WARNING_S and now - self._warned_unchained >= UNCHAINED_WARNING_S:
             self._warned_unchained = now
             self.log(f"{len(self._awaiting)} attempts recorded {now - oldest:.0f} s ago are not chained yet: "
@@ -244,6 +289,7 @@ class TransferProcessor:
         self.book = state.book
         self._sent_submits = {key: self.codec.decode(value) for key, value in state.sent_submits.items()}
         self._active = {pid for pid, payout in self.book.payouts.items() if not payout.status.terminal}
+        self._order_stale = True
 
     def _state(self) -> TransferState:
         book = PayoutBook()
@@ -318,8 +364,9 @@ class TransferProcessor:
         payout = self.book.payouts[event.payload["payout_id"]]
         if payout.status.terminal:
             self._forget(payout)
-        else:
+        elif payout.payout_id not in self._active:
             self._active.add(payout.payout_id)
+            self._order_stale = True
 
     def _forget(self, payout: Payout) -> None:
         """A finished payout: nothing more is done for it, so nothing about it stays but the payout (until the
@@ -331,6 +378,7 @@ class TransferProcessor:
         self._unknown_until.pop(payout_id, None)
         for number in range(1, payout.next_attempt + 1):
             key = (payout_id, number)
+            self._quick_tries.pop(key, None)
             self._fresh.discard(key)
             self._cleared.discard(key)
             self._retry_decided.discard(key)
@@ -347,11 +395,14 @@ class TransferProcessor:
 
     def _schedule(self) -> bool:
         now, mono = self.clock(), time.monotonic()
+        self._scheduled_at = mono
         self._refresh_pause(mono)
         to_submit: dict[str, list[TransferRequest]] = {}
         outstanding = self._outstanding()
         acted = False
-        for payout_id in sorted(self._active, key=lambda pid: self.book.payouts[pid].requested_at):
+        for payout_id in self._oldest_first():
+            if payout_id not in self._active:
+                continue  # finished since the order was made
             payout = self.book.payouts[payout_id]
             lane = self._lane(payout)
             if lane is None or payout_id in lane.busy:
@@ -381,8 +432,17 @@ class TransferProcessor:
                         logger.info("paying %s through %s (attempt %d)", request.amount, name, request.attempt)
                 with payout_context(self.book.get(batch[0].payout_id) if len(batch) == 1 else None):
                     lane.submit(batch)
-        self._flush()
         return acted
+
+    def _oldest_first(self) -> list[str]:
+        """The open payouts, oldest request first: sorted again only when one was added (finished ones are
+        skipped by the caller and dropped here once they are the larger part)."""
+        if self._order_stale:
+            self._order = sorted(self._active, key=lambda pid: self.book.payouts[pid].requested_at)
+            self._order_stale = False
+        elif len(self._order) > 2 * len(self._active) + 64:
+            self._order = [payout_id for payout_id in self._order if payout_id in self._active]
+        return self._order
 
     def _update_gauges(self, mono: float) -> None:
         if mono - self._gauges_at < 1.0:
@@ -526,9 +586,6 @@ class TransferProcessor:
             with payout_context(self.book.get(call.payout_id), payout_id=call.payout_id, provider=call.provider,
                                 attempt=call.attempt):
                 self._on_result(call)
-        if self._unflushed:
-            self._flush()
-            crash_point("transfers_after_outcome")  # outcomes in ledger.commands, no checkpoint covers them yet
         return drained
 
     def _on_result(self, call: CallResult) -> None:
@@ -536,7 +593,10 @@ class TransferProcessor:
         result = call.result
         if call.mode != "poll":  # the breaker hears every answer (a half-open trial must always end)
             if call.error or (result is not None and result.outcome is Outcome.FAILED):
+                was_open = lane.breaker.state is BreakerState.OPEN
                 lane.breaker.record_failure(bool(call.error) or result.retryable)
+                if not was_open and lane.breaker.state is BreakerState.OPEN:
+                    self._withdraw_queued(lane)
             else:
                 lane.breaker.record_success()
         payout = self.book.get(call.payout_id)
@@ -546,6 +606,8 @@ class TransferProcessor:
         current = payout.current
         if current is None or current.number != call.attempt:
             return  # an answer about an attempt that is no longer the current one
+        if call.mode != "poll" and self._quick_retry(call, lane, result):
+            return
         unanswered = result is not None and call.mode != "submit" and result.outcome is Outcome.FAILED and (
             result.reason_code in UNANSWERED_CODES)
         if call.error or unanswered:  # the question got no answer: the outcome is unknown, ask again later
@@ -592,6 +654,45 @@ class TransferProcessor:
             self._send(records.failed(payout, attempt, lane.name, result.reason_code, result.message, False, now))
             self._count_failure(payout, lane.name, result.reason_code)
 
+    def _quick_retry(self, call: CallResult, lane: ProviderLane, result) -> bool:  # noqa: ANN001 - TransferResult | None
+        """A call that got no answer (QUICK_RETRY_CODES) is made again soon, same attempt and same key, up to
+        settings.provider_quick_retries times: sent again where the provider replays a request by its key,
+        otherwise after a lookup (which pays under the same key only if the provider has nothing)."""
+        if (result is None or result.outcome is not Outcome.FAILED or result.reason_code not in QUICK_RETRY_CODES
+                or lane.batches):
+            return False
+        key = (call.payout_id, call.attempt)
+        made = self._quick_tries.get(key, 0)
+        if made >= self.settings.provider_quick_retries:
+            return False  # the call's failure is recorded: the retry delays apply from here
+        self._quick_tries[key] = made + 1
+        wait_s = min(QUICK_RETRY_FIRST_S * 2 ** made, QUICK_RETRY_MAX_S)
+        self._unknown_until[call.payout_id] = time.monotonic() + wait_s
+        again = call.mode == "submit" and getattr(lane.connector, "REPLAYS_BY_KEY", False)
+        if again:
+            self._cleared.add(key)  # the same request under the same key: the provider acts on it once
+        else:
+            self._cleared.discard(key)
+            self._fresh.discard(key)  # asked first
+        self.stats.quick_retries += 1
+        logger.warning("%s %s of attempt %d got no answer (%s: %s): quick retry %d of %d in %.1f s (%s)",
+                       call.provider, call.mode, call.attempt, result.reason_code, result.message, made + 1,
+                       self.settings.provider_quick_retries, wait_s,
+                       "sent again under the same key" if again else "a lookup first")
+        return True
+
+    def _withdraw_queued(self, lane: ProviderLane) -> None:
+        """The circuit opened: calls handed to the lane that have not started never reach the provider. Each is
+        made again as it was once calls go through (a payment directly: nothing can exist under its key)."""
+        withdrawn = lane.cancel_queued()
+        for payout_id, attempt, mode in withdrawn:
+            if mode == "submit":
+                self._cleared.add((payout_id, attempt))
+            elif mode == "poll":
+                self._last_poll.pop(payout_id, None)
+        if withdrawn:
+            logger.warning("%s circuit open: %d queued calls withdrawn before reaching it", lane.name, len(withdrawn))
+
     def _retry_or_give_up(self, payout: Payout, attempt: int, provider: str, reason_code: str, message: str,
                           retry_after_s: float | None, now: datetime, *, record_failure: bool) -> None:
         due = self.policy.next_attempt_at(attempt, now, retry_after_s)
@@ -631,12 +732,31 @@ class TransferProcessor:
     # --- writing ---------------------------------------------------------------------------------
 
     def _send(self, event: Event) -> None:
+        """Queue the event for ledger.commands; not waited for (_serve_producer, _flush)."""
+        outcome = event.event_type != "PayoutSubmitted"
         self._producer.produce(self.settings.topic_commands, key=event.payee_id.encode(),
-                               value=self.codec.encode(event), on_delivery=self._tracker)
+                               value=self.codec.encode(event),
+                               on_delivery=self._outcome_delivered if outcome else self._delivered)
         self._producer.poll(0)
         self._unflushed += 1
-        if event.event_type != "PayoutSubmitted":
+        if outcome:
             self._apply(event)  # an outcome is known now; a submit waits for the sequencer's verdict
+
+    def _delivered(self, error, message) -> None:  # noqa: ANN001 - confluent_kafka's delivery callback
+        self._tracker(error, message)
+
+    def _outcome_delivered(self, error, message) -> None:  # noqa: ANN001
+        self._tracker(error, message)
+        if error is None:
+            crash_point("transfers_after_outcome")  # outcomes in ledger.commands, no checkpoint covers them yet
+
+    def _serve_producer(self) -> None:
+        """Delivery reports of what was sent; a record the broker refused stops the process (a restart asks the
+        provider again rather than guess)."""
+        self._producer.poll(0)
+        if self._tracker.errors:
+            raise DeliveryFailed(f"{len(self._tracker.errors)} records to {self.settings.topic_commands} refused: "
+                                 f"{self._tracker.errors[:3]}")
 
     def _flush(self) -> None:
         if self._unflushed:

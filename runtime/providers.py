@@ -1,10 +1,44 @@
-"""The payout providers configured by settings: Stripe, bank transfer, mobile money (each when set up), manual (always)."""
+"""The payout providers configured by settings: Stripe, bank transfer, mobile money (each when set up), manual
+(always), and the limits of each one's lane in the transfer processor.
+
+A lane's limits, first found wins: LEDGER_PROVIDER_LIMITS for that provider, then LEDGER_PROVIDER_CONCURRENCY /
+LEDGER_PROVIDER_RATE_PER_S for every provider, then the provider's own default (Stripe: its documented rate
+limit for the key's mode, connectors/stripe_connector.LANE_DEFAULTS), then 4 calls in flight and 20 requests
+a second. Concurrency caps throughput at concurrency / provider latency; the rate caps it at rate_per_s.
+"""
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 from connectors.base import Connector
 from connectors.manual import ManualConnector
 from runtime.settings import Settings
+
+DEFAULT_CONCURRENCY = 4
+DEFAULT_RATE_PER_S = 20.0
+WINDOW_MIN = 200
+WINDOW_PER_CALL = 8  # attempts recorded ahead per call in flight: covers the sequencer's chaining delay
+
+
+@dataclass(frozen=True)
+class LaneLimits:
+    concurrency: int  # calls in flight at once
+    rate_per_s: float  # provider requests started per second
+    window: int  # attempts recorded and not answered yet
+
+    def describe(self) -> str:
+        return f"{self.concurrency} calls in flight, {self.rate_per_s:g} requests/s, {self.window} attempts ahead"
+
+
+def lane_limits(settings: Settings, connector: Connector) -> LaneLimits:
+    own = settings.provider_limits.get(connector.name, {})
+    concurrency = int(own.get("concurrency") or settings.provider_concurrency
+                      or getattr(connector, "default_concurrency", DEFAULT_CONCURRENCY))
+    rate = float(own.get("rate_per_s") or settings.provider_rate_per_s
+                 or getattr(connector, "default_rate_per_s", DEFAULT_RATE_PER_S))
+    window = settings.provider_window or max(WINDOW_MIN, WINDOW_PER_CALL * concurrency)
+    return LaneLimits(concurrency, rate, window)
 
 
 def bank_dirs(settings: Settings) -> tuple:

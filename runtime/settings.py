@@ -75,9 +75,11 @@ class Settings(BaseSettings):
 
     # The transfer processor and its providers (docs/decisions.md: transfers).
     retry_delays_s: list[int] = Field([300, 900, 3600], description="delays after attempts 1, 2, 3 that failed retryably; then the payout fails")
-    provider_concurrency: int = Field(4, ge=1, le=256, description="provider calls in flight at once, per provider")
-    provider_rate_per_s: float = Field(20.0, gt=0, description="provider calls started per second, per provider")
-    provider_window: int = Field(200, ge=1, description="attempts recorded ahead of provider calls, per provider")
+    provider_concurrency: int | None = Field(None, ge=1, le=256, description="provider calls in flight at once, per provider; unset = each provider's default (runtime/providers.py: Stripe 16 with a test key, 64 live; others 4)")
+    provider_rate_per_s: float | None = Field(None, gt=0, description="provider requests started per second, per provider; unset = each provider's default (Stripe's documented limit: 25/s with a test key, 100/s live; others 20)")
+    provider_limits: dict[str, dict[str, float]] = Field(default_factory=dict, description='per-provider overrides of the two above, JSON: {"stripe": {"concurrency": 32, "rate_per_s": 50}}')
+    provider_window: int | None = Field(None, ge=1, description="attempts recorded and not answered yet, per provider; unset = the larger of 200 and 8 x its concurrency")
+    provider_quick_retries: int = Field(3, ge=0, le=10, description="quick retries under the same idempotency key after a connection-level failure (reset, refused, timeout), 0.5 s doubling up to 5 s apart, before the retry delays apply")
     breaker_failures: int = Field(5, ge=1, description="consecutive retryable failures that open a provider's circuit")
     breaker_cooldown_s: float = Field(60.0, gt=0, description="how long an open circuit stops calls before one trial")
     pending_poll_s: float = Field(3600.0, gt=0, description="how often transfers still processing are checked (default hourly)")
@@ -137,6 +139,20 @@ class Settings(BaseSettings):
     @classmethod
     def _blank_is_unset(cls, value: object) -> object:
         return None if isinstance(value, str) and not value.strip() else value
+
+    @field_validator("provider_limits")
+    @classmethod
+    def _provider_limits(cls, value: dict[str, dict[str, float]]) -> dict[str, dict[str, float]]:
+        for provider, limits in value.items():
+            unknown = set(limits) - {"concurrency", "rate_per_s"}
+            if unknown:
+                raise ValueError(f"{provider}: unknown limit {sorted(unknown)} (concurrency, rate_per_s)")
+            if "concurrency" in limits and not (1 <= limits["concurrency"] <= 256
+                                                and float(limits["concurrency"]).is_integer()):
+                raise ValueError(f"{provider}: concurrency must be a whole number from 1 to 256")
+            if "rate_per_s" in limits and not limits["rate_per_s"] > 0:
+                raise ValueError(f"{provider}: rate_per_s must be above 0")
+        return value
 
     @field_validator("log_format", mode="before")
     @classmethod

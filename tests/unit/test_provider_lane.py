@@ -76,7 +76,8 @@ def test_no_more_calls_run_at_once_than_the_lane_allows() -> None:
                         breaker=CircuitBreaker(lambda: datetime.now(timezone.utc)))
     for i in range(8):
         lane.submit([TransferRequest(f"po-{i}", "payee", Money.of(100, "USD"), "manual", "", 1)])
-    assert lane.free_slots == 3 - 8  # the processor asks free_slots before handing out more
+    # 3 running and 3 queued behind them: the processor asks free_slots before handing out more
+    assert lane.capacity == 6 and lane.free_slots == 6 - 8
     deadline = threading.Event()
     while connector.peak < 3 and not deadline.wait(0.01):
         pass
