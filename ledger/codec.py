@@ -13,6 +13,7 @@ import json
 from dataclasses import dataclass, fields
 from datetime import datetime
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any, Iterable, Protocol
 
 import fastavro
@@ -426,7 +427,7 @@ class EventCodec:
                 raise UndecodableEvent(
                     f"envelope says {envelope.event_type!r} but the schema is {writer.name!r}", data
                 )
-            return Event(envelope, values)
+            return Event(envelope, MappingProxyType(values))  # read-only already: Event copies nothing
         except UndecodableEvent as exc:
             exc.raw = data
             raise

@@ -9,13 +9,15 @@ means it may not, and the codec then runs the full check, which names the field 
 error messages are the full check's, unchanged, and the fast one never needs a message of its own.
 
 compile_from_wire(schema, money) returns the _from_wire conversion for that reader schema: Money
-records become Money (through the codec's own `money` function and its errors), everything else is
-passed through; a record with nothing to convert inside is returned as fastavro built it.
+records become Money (through the codec's own `money` function and its errors), and the result is
+read-only already (records and maps inside as MappingProxyType, arrays as tuples), as ledger/events.py
+keeps an Event's payload: an Event built from it copies nothing.
 """
 
 from __future__ import annotations
 
 from datetime import datetime
+from types import MappingProxyType
 from typing import Any, Callable
 
 _PRIMITIVES = {"null", "boolean", "int", "long", "float", "double", "bytes", "string"}
@@ -126,20 +128,22 @@ def _identity(value: Any) -> Any:
     return value
 
 
-def compile_from_wire(schema: Any, money: Convert, named: dict[str, Convert | None] | None = None) -> Convert:
-    """The codec's _from_wire for `schema`, compiled (see the module)."""
-    converter = _compile_convert(schema, money, {} if named is None else named)
-    return converter or _identity
+def compile_from_wire(schema: Any, money: Convert) -> Convert:
+    """The codec's _from_wire for `schema`, compiled, with its result already read-only as an Event keeps its
+    payload (ledger/events.py _frozen): the top record a dict, records and maps inside it MappingProxyType,
+    arrays tuples. So an Event built from it has nothing left to copy."""
+    named: dict[str, Convert] = {}
+    top = _compile_convert(schema, money, named, top=True)
+    return top or _identity
 
 
-def _compile_convert(schema: Any, money: Convert, named: dict[str, Convert | None]) -> Convert | None:
-    """None: values of this schema pass through unchanged."""
+def _compile_convert(schema: Any, money: Convert, named: dict[str, Convert], top: bool = False) -> Convert | None:
+    """None: values of this schema pass through unchanged (immutable already)."""
     if isinstance(schema, str):
         if schema == MONEY_TYPE:
             return lambda value: None if value is None else money(value)
         if schema in named:
-            found = named[schema]
-            return None if found is None else (lambda value: None if value is None else found(value))
+            return lambda value: None if value is None else named[schema](value)
         return None
     if isinstance(schema, list):
         branches = [branch for branch in schema if branch != "null"]
@@ -153,31 +157,33 @@ def _compile_convert(schema: Any, money: Convert, named: dict[str, Convert | Non
         if full == MONEY_TYPE:
             named.setdefault(full, money)
             return lambda value: None if value is None else money(value)
-        named.setdefault(full, None)  # a recursive reference passes through (the ledger's schemas have none)
-        converts = [(field["name"], _compile_convert(field["type"], money, named)) for field in schema["fields"]]
-        converting = [(name, convert) for name, convert in converts if convert is not None]
-        if not converting:
-            return None
+        names = [field["name"] for field in schema["fields"]]
+        converts: list[tuple[str, Convert]] = []
+        wrap = dict if top else MappingProxyType
 
         def record(value: Any) -> Any:
             if value is None:
                 return None
-            out = {name: value.get(name) for name, _ in converts}
-            for name, convert in converting:
+            out = {name: value.get(name) for name in names}
+            for name, convert in converts:
                 out[name] = convert(out[name])
-            return out
-        named[full] = record
+            return wrap(out)
+        named.setdefault(full, record)
+        for field in schema["fields"]:
+            convert = _compile_convert(field["type"], money, named)
+            if convert is not None:
+                converts.append((field["name"], convert))
         return record
     if kind in ("enum", "fixed"):
-        named.setdefault(_full_name(schema["name"], schema.get("namespace")), None)
         return None
     if kind == "array":
-        item = _compile_convert(schema["items"], money, named)
-        return None if item is None else (lambda value: None if value is None else [item(v) for v in value])
+        item = _compile_convert(schema["items"], money, named) or _identity
+        return lambda value: None if value is None else tuple(item(v) for v in value)
     if kind == "map":
         item = _compile_convert(schema["values"], money, named)
-        return None if item is None else (
-            lambda value: None if value is None else {key: item(v) for key, v in value.items()})
+        if item is None:
+            return lambda value: None if value is None else MappingProxyType(dict(value))
+        return lambda value: None if value is None else MappingProxyType({key: item(v) for key, v in value.items()})
     if isinstance(kind, (dict, list)):
-        return _compile_convert(kind, money, named)
+        return _compile_convert(kind, money, named, top)
     return None

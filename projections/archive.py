@@ -41,10 +41,7 @@ def archive_events(connection: sqlalchemy.Connection, topic: str, items: Iterabl
     ]
     if not rows:
         return 0
-    inserted = 0
-    for start in range(0, len(rows), 1000):  # rowcount of execute_values is its last page's: count per page
-        inserted += upsert(connection, event_archive, ("event_id",), rows[start:start + 1000], update=False)
-    return inserted
+    return upsert(connection, event_archive, ("event_id",), rows, update=False)
 
 
 def archived_count(connection: sqlalchemy.Connection, payee_ids: list[str]) -> int:

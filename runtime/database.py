@@ -84,28 +84,34 @@ def copy_text(value: object) -> str:
     return text.translate(_COPY_ESCAPES) if ("\\" in text or "\t" in text or "\n" in text or "\r" in text) else text
 
 
-def copy_rows(connection: sqlalchemy.Connection, table: str, columns: tuple[str, ...], rows: list[tuple],
-              on_conflict: str | None = None) -> None:
+def copy_rows(connection: sqlalchemy.Connection, table: str, columns: tuple[str, ...] | list[str], rows: list[tuple],
+              on_conflict: str | None = None) -> int:
     """Write many rows with COPY, in the caller's transaction: the bulk path, one round trip for all rows.
+    Returns the number of rows inserted or updated.
 
     Without on_conflict the rows are copied straight into `table`. With it (e.g. "ON CONFLICT (key) DO
-    NOTHING") they are copied into a temporary table shaped like `table`, then moved by one
-    INSERT ... SELECT with that clause, since COPY itself cannot skip or update existing rows."""
+    NOTHING") they are copied into a temporary table with just those columns, then moved by one
+    INSERT ... SELECT with that clause, since COPY itself cannot skip or update existing rows. Names are
+    the caller's own (never input): they are quoted as given."""
     if not rows:
-        return
+        return 0
+    import hashlib
     import io
 
-    names = ", ".join(columns)
+    names = ", ".join(f'"{name}"' for name in columns)
     data = io.StringIO("".join("\t".join(map(copy_text, row)) + "\n" for row in rows))
     cursor = connection.connection.driver_connection.cursor()
     try:
         if on_conflict is None:
-            cursor.copy_expert(f"COPY {table} ({names}) FROM STDIN", data)
-            return
-        staging = f"copy_staging_{table}"
-        cursor.execute(f"CREATE TEMP TABLE IF NOT EXISTS {staging} (LIKE {table}) ON COMMIT DELETE ROWS")
-        cursor.copy_expert(f"COPY {staging} ({names}) FROM STDIN", data)
-        cursor.execute(f"INSERT INTO {table} ({names}) SELECT {names} FROM {staging} {on_conflict}")
-        cursor.execute(f"TRUNCATE {staging}")
+            cursor.copy_expert(f'COPY "{table}" ({names}) FROM STDIN', data)
+            return cursor.rowcount
+        staging = f"copy_staging_{table}_{hashlib.sha1(names.encode()).hexdigest()[:8]}"
+        cursor.execute(f'CREATE TEMP TABLE IF NOT EXISTS "{staging}" ON COMMIT DELETE ROWS AS '
+                       f'SELECT {names} FROM "{table}" WITH NO DATA')
+        cursor.copy_expert(f'COPY "{staging}" ({names}) FROM STDIN', data)
+        cursor.execute(f'INSERT INTO "{table}" ({names}) SELECT {names} FROM "{staging}" {on_conflict}')
+        written = cursor.rowcount
+        cursor.execute(f'TRUNCATE "{staging}"')
+        return written
     finally:
         cursor.close()
