@@ -20,11 +20,8 @@ from rich.progress import Progress, TaskID
 
 from bench_processes import BenchFailure, LedgerProcess
 from bench_reading import LogTail, TailRecord
-from ledger.codec import EventCodec
 from processors.ledger_client import LedgerClient
-from processors.payout_run import fold_ledger, plan_run, send_commands
 from runtime.database import make_engine
-from runtime.plans import plan_book
 from runtime.settings import Settings
 
 CURRENCIES = ("USD", "EUR", "XOF")
@@ -202,73 +199,6 @@ def end_to_end(ctx: BenchContext, label: str, count: int, payees: int, rate_per_
             "latency_mean_s": statistics.fmean(latencies), "row_polls": watcher.polls,
             "largest_poll_rows": watcher.largest_poll_rows,
             "poll_interval_s": ROW_POLL_S}
-
-
-def request_stripe_payouts(ctx: BenchContext, accounts: dict[str, str], minor: int = 5_000) -> int:
-    """(d) set-up, as tests/integration/transfer_helpers.request_payouts does but with the sequencer process:
-    stripe_standard payees, a payment each two days ago, and the due closes chained. Returns payouts requested."""
-    two_days_ago = (datetime.now(timezone.utc) - timedelta(days=2)).replace(microsecond=0)
-    tail = LogTail(ctx.bootstrap, ctx.settings.topic_events)
-    try:
-        with LedgerClient(ctx.bootstrap, ctx.settings) as client:
-            for payee_id, account in accounts.items():
-                client.set_schedule(payee_id, frequency="DAILY", cutoff_time="23:59", timezone="UTC", plan="flat-80",
-                                    method="stripe_standard", destination=account, wait=False)
-            client.record_batch([{"payment_id": f"{ctx.run_id}-d-{payee_id}", "payee_id": payee_id,
-                                  "amount_minor": minor, "currency": "USD", "occurred_at": two_days_ago.isoformat()}
-                                 for payee_id in accounts])
-        task = ctx.progress.add_task("(d) payouts: schedules and payments chained", total=2 * len(accounts))
-        follow(ctx, tail, 2 * len(accounts), deadline_s(len(accounts), 10), "(d) set-up: schedules and payments",
-               task)
-        codec = EventCodec()
-        earnings = fold_ledger(ctx.bootstrap, ctx.settings.topic_events, codec)
-        plan = plan_run([earnings[payee] for payee in accounts], datetime.now(timezone.utc),
-                        plan_book(ctx.settings), ctx.settings.payout_policy())
-        send_commands(ctx.bootstrap, ctx.settings.topic_commands, plan.closes, codec)
-        task = ctx.progress.add_task("(d) payouts: requests chained", total=len(plan.closes))
-        follow(ctx, tail, len(plan.closes), deadline_s(len(plan.closes), 10), "(d) set-up: payout requests", task)
-    finally:
-        tail.close()
-    return len(plan.payouts)
-
-
-def settle_payouts(ctx: BenchContext, transfers: LedgerProcess, tail: LogTail, payouts: int) -> dict[str, float]:
-    """(d) count PayoutSettled (and final PayoutFailed) chained in ledger.events until every payout ended."""
-    codec = EventCodec()
-    outcomes: dict[str, int] = {"PayoutSettled": 0, "PayoutFailed": 0}
-
-    def final(record: TailRecord) -> bool:
-        event = codec.decode(record.value)
-        if event.event_type == "PayoutSettled" or (event.event_type == "PayoutFailed" and not event.payload["retryable"]):
-            outcomes[event.event_type] += 1
-            return event.event_type == "PayoutSettled"
-        return False
-
-    task = ctx.progress.add_task("(d) payouts: settled", total=payouts)
-    settled: list[TailRecord] = []
-    deadline = time.monotonic() + deadline_s(payouts, 2)
-    while sum(outcomes.values()) < payouts:
-        settled.extend(record for record in tail.drain() if final(record))
-        ctx.progress.update(task, completed=sum(outcomes.values()))
-        ctx.check_workers("(d) payouts")
-        if time.monotonic() > deadline:
-            raise BenchFailure(f"(d) payouts: {outcomes} of {payouts} after {deadline_s(payouts, 2):.0f} s")
-        if sum(outcomes.values()) < payouts:
-            time.sleep(FOLLOW_EVERY_S)
-    times = sorted(record.timestamp_s for record in settled)
-    return {"payouts": payouts, "settled": outcomes["PayoutSettled"], "failed": outcomes["PayoutFailed"],
-            "first_settled_after_start_s": round(times[0] - transfers.started_at, 3) if times else None,
-            "settled_per_min": per_minute(times, 0.1, 0.9), "settled_per_min_first_to_last": per_minute(times, 0, 1),
-            "settled_per_min_from_process_start": len(times) / (times[-1] - transfers.started_at) * 60 if times else 0.0}
-
-
-def per_minute(times: list[float], low: float, high: float) -> float:
-    """Events per minute between the low and high fractions of sorted event times: the middle 80 % leaves out
-    the rate limiter's initial burst (its bucket starts full) and the last stragglers."""
-    first, last = round(low * (len(times) - 1)), round(high * (len(times) - 1))
-    if last <= first or times[last] <= times[first]:
-        return 0.0
-    return (last - first) / (times[last] - times[first]) * 60
 
 
 def rebuild(ctx: BenchContext, env: dict[str, str], log_dir: Path, events: int) -> tuple[dict[str, float], LedgerProcess]:

@@ -6,7 +6,9 @@ broker read rate measured in the same run, so figures stay comparable on noisy m
 (a) raw read rate of a plain consumer; (b) append throughput, LedgerClient -> `ledger sequencer` ->
 ledger.events; (c) end to end, append -> projected row in `earnings` (`ledger projector` and `ledger
 aggregator` running): payments/s, and p50/p99 latency at a paced load; (d) payouts settled per minute
-through `ledger transfers` against the Stripe sandbox answering in 50 ms; (e) `ledger projections
+through `ledger transfers` against the Stripe sandbox answering in 50 ms, at settings that do not cap it and at
+the settings in force, and beside a Celery worker on Redis paying the same payouts at concurrency 4 and 16
+(bench/bench_payouts.py, bench/celery_peer.py; --skip-peer leaves the comparison out); (e) `ledger projections
 rebuild` events/s; (f) peak memory (VmHWM) of every process; then the restart benchmark (bench/restart.py:
 restart time and peak memory of each processor at two history sizes, their growth against the targets) on
 topics and a schema of its own (`--only throughput|restart` runs one part). Fresh topics and a fresh PostgreSQL
@@ -31,14 +33,15 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from bench_phases import (BenchContext, append_throughput, end_to_end, rebuild, request_stripe_payouts,
-                          settle_payouts)
+from bench_payouts import payouts as pay_payouts
+from bench_payouts import stripe_limits_in_force
+from bench_phases import BenchContext, append_throughput, end_to_end, rebuild
 from bench_processes import BenchFailure, LedgerProcess, ledger_env, vmhwm_kib
-from bench_reading import LogTail, raw_read_rate
+from bench_reading import raw_read_rate
 from bench_stack import close_place, machine, open_place, remove_run_data
 import restart as restart_bench
-from sandbox.stripe import StripeTestServer
 
+DEFAULT_PEER_REDIS = "redis://127.0.0.1:6379/12"  # as bench/celery_peer.py (not imported here: celery is optional)
 STARTUP_S = 120.0  # a worker must be up (rebuilt, caught up) within this
 PROVIDER_LATENCY_S = 0.05
 errors = Console(stderr=True)
@@ -48,7 +51,13 @@ def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--payments", type=int, default=20_000,
                         help="payments appended in (b); (c) sends half of this in a burst and a quarter paced")
-    parser.add_argument("--payouts", type=int, default=600, help="Stripe payouts paid in (d)")
+    parser.add_argument("--payouts", type=int, default=1_200,
+                        help="Stripe payouts paid in each round of (d): transfers uncapped, at the settings in force, "
+                             "and, per concurrency (4, 16), transfers and the Celery peer")
+    parser.add_argument("--skip-peer", action="store_true",
+                        help="(d) without the Celery comparison (and without the transfer rounds at 4 and 16)")
+    parser.add_argument("--peer-redis", default=DEFAULT_PEER_REDIS,
+                        help="Redis of the Celery peer: a database of the benchmark's own (its keys are removed)")
     parser.add_argument("--payees", type=int, default=500, help="payees the payments of (b) and (c) spread over")
     parser.add_argument("--paced-share", type=float, default=0.5,
                         help="the paced load of (c), as a share of the burst's end-to-end rate")
@@ -90,6 +99,13 @@ def run(args: argparse.Namespace, place, log_dir: Path, progress: Progress) -> d
         peaks[name] = {"vmhwm_kib": worker.peak_kib, "maxrss_at_exit_kib": worker.maxrss_kib, "exit_code": code,
                        "stop_s": round(time.monotonic() - stopping, 2)}
 
+    if not args.skip_peer:  # fail in seconds, not after the phases before (d)
+        try:
+            import celery_peer
+        except ImportError as exc:
+            raise BenchFailure(f"the Celery peer of (d) needs the bench extra (`make install`, or pip install -e "
+                               f"'.[bench]'), or run with --skip-peer: {exc}") from None
+        celery_peer.preflight(args.peer_redis)
     try:
         start("sequencer", ["sequencer"], "reading ", "that it reads its input")
         appended = append_throughput(ctx, args.payments, args.payees)
@@ -99,20 +115,8 @@ def run(args: argparse.Namespace, place, log_dir: Path, progress: Progress) -> d
         paced = end_to_end(ctx, "p", args.payments // 4, args.payees, burst["payments_per_s"] * args.paced_share)
         stop("aggregator")
 
-        with StripeTestServer(latency_s=PROVIDER_LATENCY_S) as stripe_server:
-            accounts = {f"bench-d-{i}": stripe_server.create_account() for i in range(args.payouts)}
-            requested = request_stripe_payouts(ctx, accounts)
-            tail = LogTail(place.bootstrap, place.settings.topic_events)
-            try:
-                transfers = LedgerProcess("transfers", ["transfers"], {
-                    **env, "LEDGER_STRIPE_API_KEY": "sk_test_bench", "LEDGER_STRIPE_API_BASE": stripe_server.url},
-                    log_dir)
-                ctx.workers["transfers"] = transfers
-                payouts = settle_payouts(ctx, transfers, tail, requested)
-            finally:
-                tail.close()
-                if "transfers" in ctx.workers:
-                    stop("transfers")  # before the Stripe server goes, also on failure
+        payouts = pay_payouts(ctx, env, log_dir, stop, args.payouts, PROVIDER_LATENCY_S,
+                              None if args.skip_peer else args.peer_redis)
         stop("projector")
         stop("sequencer")
 
@@ -162,16 +166,37 @@ def figures(details: dict, settings) -> list[dict]:  # noqa: ANN001 - Settings
     for key, label in (("latency_p50_s", "p50"), ("latency_p99_s", "p99")):
         rows.append((f"c_{label}", f"end to end latency {label} at {paced['offered_per_s']:,.0f} payments/s (paced)",
                      paced[key], "s", paced[key] * raw))
-    per_min = details["payouts"]["settled_per_min"]
-    rate("d", f"payouts settled, Stripe sandbox at {PROVIDER_LATENCY_S * 1000:.0f} ms (concurrency "
-              f"{settings.provider_concurrency}, {settings.provider_rate_per_s:g}/s cap)",
+    paid = details["payouts"]
+    per_min = paid["settled_per_min"]
+    rate("d", f"payouts settled, Stripe sandbox {PROVIDER_LATENCY_S * 1000:.0f} ms, transfers "
+              f"c={paid['provider_concurrency']} ({paid['provider_rate_per_s']:,.0f}/s)",
          per_min / 60, "payouts/min", per_min)
+    default = paid["default_settings"]
+    rate("d_default", f"  transfers at settings in force: c={default['provider_concurrency']}, "
+                      f"{default['provider_rate_per_s']:g}/s cap (max {default['settled_per_min_cap']:,}/min)",
+         default["settled_per_min"] / 60, "payouts/min", default["settled_per_min"])
+    for key, peer in (paid["peer"] or {}).items():
+        concurrency = peer["concurrency"]
+        bound = peer["latency_bound_per_min"]
+        rate(f"d_{key}", f"  transfers, c={concurrency}, uncapped (latency bound {bound:,.0f}/min)",
+             peer["transfers_per_min"] / 60, "payouts/min", peer["transfers_per_min"])
+        rate(f"d_{key}_celery", f"  Celery + Redis, {peer['celery_pool']} pool, c={concurrency}, same payouts",
+             peer["celery_per_min"] / 60, "payouts/min", peer["celery_per_min"])
+        rows.append((f"d_{key}_ratio", f"  transfers / Celery at c={concurrency}", peer["ratio"], "x", None))
     rate("e", "projections rebuild", details["rebuild"]["events_per_s"], "events/s")
     for name, peak in details["peak_memory"].items():
         kib = peak["vmhwm_kib"] or peak["maxrss_at_exit_kib"]
         rows.append((f"f_{name}", f"peak memory (VmHWM): {name}", round(kib / 1024, 1) if kib else None, "MiB", None))
     return [{"key": key, "figure": label, "value": value, "unit": unit,
              "ratio_to_raw_read": None if ratio is None else round(ratio, 6)} for key, label, value, unit, ratio in rows]
+
+
+def payout_counts(paid: dict) -> str:
+    """Settled/failed of every round of (d), for the line under the table."""
+    rounds = [("uncapped", paid), ("in force", paid["default_settings"])]
+    for key, peer in (paid["peer"] or {}).items():
+        rounds += [(f"transfers {key}", peer["transfers"]), (f"Celery {key}", peer["celery"])]
+    return ", ".join(f"{name} {r['settled']}/{r['failed']}" for name, r in rounds) + " settled/failed"
 
 
 def print_table(result: dict) -> None:
@@ -183,8 +208,9 @@ def print_table(result: dict) -> None:
         table.add_column(column, justify=justify)
     for row in result["figures"]:
         value, ratio = row["value"], row["ratio_to_raw_read"]
-        shown = "-" if value is None else (f"{value:,.3f}" if row["unit"] == "s" else f"{value:,.1f}" if value < 100
-                                           else f"{value:,.0f}")
+        shown = "-" if value is None else (f"{value:,.3f}" if row["unit"] == "s" else f"{value:,.2f}" if
+                                           row["key"].startswith("d_") and row["unit"] == "x" else
+                                           f"{value:,.1f}" if value < 100 else f"{value:,.0f}")
         if ratio is None:
             ratio_text = "n/a"
         elif row["unit"] == "s":
@@ -202,7 +228,7 @@ def print_table(result: dict) -> None:
     console.print(f"(b) {d['append']['records']:,} payments; (c) burst {burst['payments']:,}, paced "
                   f"{paced['payments']:,} (burst p50/p99 {burst['latency_p50_s']:.2f}/{burst['latency_p99_s']:.2f} s, "
                   f"queueing included; most rows appearing at once, paced: {paced['largest_poll_rows']:,}); "
-                  f"(d) {d['payouts']['settled']} settled, {d['payouts']['failed']} failed; (e) "
+                  f"(d) {payout_counts(d['payouts'])}; (e) "
                   f"{d['rebuild']['events']:,} events. Latency resolution: {paced['poll_interval_s'] * 1000:.0f} ms "
                   "polls. Latency ratio = records the raw reader reads in that time.", highlight=False)
 
@@ -225,6 +251,7 @@ def main() -> int:
         restart = None if args.only == "throughput" else run_restart(args, place, log_dir, report, bool(details))
         about["load_avg_1_5_15_at_end"] = os.getloadavg()
         rows = figures(details, place.settings) if details else []
+        stripe_in_force = stripe_limits_in_force(place.settings)
         if restart is not None:
             raw_per_s = (details["raw_read"]["records_per_s"] if details
                          else restart["sizes"][-1]["raw_read"]["records_per_s"])
@@ -232,10 +259,10 @@ def main() -> int:
                                           f"raw read of the restart history at {restart['sizes'][-1]['label']}")
             rows += restart_bench.figures(restart, raw_per_s)
         result = {"seconds": round(time.monotonic() - started, 1), "machine": about,
-                  "settings": {"provider_concurrency": place.settings.provider_concurrency,
-                               "provider_rate_per_s": place.settings.provider_rate_per_s,
+                  "settings": {"provider_concurrency": stripe_in_force[0],  # the Stripe lane at the limits in force
+                               "provider_rate_per_s": stripe_in_force[1],
                                "provider_latency_s": PROVIDER_LATENCY_S,
-                               "settled_per_min_cap": round(place.settings.provider_rate_per_s * 60),
+                               "settled_per_min_cap": round(stripe_in_force[1] * 60),
                                "sequencer_batch_max": place.settings.sequencer_batch_max,
                                "partitions_events": place.settings.partitions_events,
                                "topics_suffix": place.settings.topic_events.rsplit(".", 1)[-1],
