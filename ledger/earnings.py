@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import copy
 import hashlib
+import operator
 import uuid
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -72,6 +73,9 @@ class Balance:
     @property
     def balanced(self) -> bool:
         return self.earned_net == self.settled + self.in_flight + self.unpaid
+
+
+_LINE_CURRENCY = operator.attrgetter("currency")
 
 
 @dataclass
@@ -187,7 +191,7 @@ class PayeeEarnings:
             self.earned_net.get(currency, 0), self.settled.get(currency, 0), in_flight, self.unpaid.get(currency, 0))))
 
     def currencies(self) -> set[str]:
-        return ({line.currency for line in self.lines} | set(self.unpaid) | set(self.earned_net)
+        return (set(map(_LINE_CURRENCY, self.lines)) | set(self.unpaid) | set(self.earned_net)
                 | {code for code, _ in self.in_flight.values()})
 
     # --- deciding closes ---------------------------------------------------------------------

@@ -9,6 +9,7 @@ COPY into a temporary table and one INSERT ... SELECT ... ON CONFLICT does the s
 from __future__ import annotations
 
 import json
+import operator
 
 import sqlalchemy
 from sqlalchemy.dialects.postgresql import JSONB
@@ -33,5 +34,6 @@ def upsert(connection: sqlalchemy.Connection, table: sqlalchemy.Table, keys: tup
     if json_columns & set(columns):
         values = [tuple(json.dumps(row[c]) if c in json_columns else row[c] for c in columns) for row in rows]
     else:
-        values = [tuple(row[c] for c in columns) for row in rows]
+        pick = operator.itemgetter(*columns)
+        values = [pick(row) for row in rows] if len(columns) > 1 else [(row[columns[0]],) for row in rows]
     return copy_rows(connection, table.name, columns, values, conflict)

@@ -74,14 +74,24 @@ _COPY_ESCAPES = str.maketrans({"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\
 
 def copy_text(value: object) -> str:
     """One value in PostgreSQL's COPY text format: NULL as \\N, the four special characters escaped."""
-    if value is None:
+    kind = type(value)
+    if kind is str:
+        text = value
+    elif kind is int:
+        return str(value)
+    elif value is None:
         return "\\N"
-    if isinstance(value, bool):
+    elif isinstance(value, bool):
         return "t" if value else "f"
-    if isinstance(value, (bytes, bytearray, memoryview)):
+    elif isinstance(value, int):  # an IntEnum, say: its number, as the driver would send it
+        return str(int(value))
+    elif isinstance(value, (bytes, bytearray, memoryview)):
         return "\\\\x" + bytes(value).hex()  # bytea in hex form, its backslash escaped for COPY
-    text = value if isinstance(value, str) else str(value)
-    return text.translate(_COPY_ESCAPES) if ("\\" in text or "\t" in text or "\n" in text or "\r" in text) else text
+    else:
+        text = str(value)
+    if "\\" in text or "\t" in text or "\n" in text or "\r" in text:
+        return text.translate(_COPY_ESCAPES)
+    return text
 
 
 def copy_rows(connection: sqlalchemy.Connection, table: str, columns: tuple[str, ...] | list[str], rows: list[tuple],
