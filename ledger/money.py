@@ -14,7 +14,7 @@ import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from ledger.currencies import Currency, UnknownCurrency, currency
+from ledger.currencies import Currency, UnknownCurrency, currency, table_currencies
 from ledger.guards import require
 
 BASIS_POINTS_PER_UNIT = 10_000
@@ -22,6 +22,7 @@ BASIS_POINTS_PER_UNIT = 10_000
 # Beyond this many minor-unit digits an amount is a bug or an attack, not money; the cap
 # keeps a Decimal such as 1E+999999999 from being expanded into a gigantic integer.
 _MAX_MINOR_DIGITS = 1_000
+_TABLE = table_currencies()
 
 # Plain decimal notation only: exponents, underscores, blanks, "1." and ".5" are refused
 # so a value cannot reach the ledger in a spelling other systems would read differently.
@@ -81,6 +82,9 @@ class Money:
     currency: Currency
 
     def __post_init__(self) -> None:
+        held = self.currency
+        if type(self.amount_minor) is int and type(held) is Currency and _TABLE.get(held.code) is held:
+            return  # the usual case: an int and a currency from the table, decided without a lookup chain
         _require_int(self.amount_minor, "amount_minor")
         if not isinstance(self.currency, Currency):
             raise TypeError(
@@ -95,6 +99,10 @@ class Money:
                 f"{self.currency!r} is not ISO 4217 {expected.code}, whose exponent is"
                 f" {expected.exponent}: take currencies from ledger.currencies.currency()"
             )
+
+    def __reduce__(self) -> tuple:
+        # pickled as a constructor call (checkpoints hold many): the dataclass default walks fields() each time
+        return (Money, (self.amount_minor, self.currency))
 
     @classmethod
     def of(cls, amount_minor: int, code: str) -> Money:
