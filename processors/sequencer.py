@@ -251,6 +251,7 @@ class Sequencer:
             "enable.auto.commit": False,
             "enable.auto.offset.store": False,
             "auto.offset.reset": "earliest",
+            "fetch.wait.max.ms": 20,  # librdkafka's 500 ms default: a record arriving at a waiting fetch waited too
             "logger": CLIENT_LOG,
         })
         topics = (self.settings.topic_incoming, self.settings.topic_commands)

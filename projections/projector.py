@@ -47,7 +47,7 @@ CHECKPOINT_NAME = f"projector:{NAME}"
 STATE_FORMAT = 1  # bump when ReadModel, PayeeEarnings or Payout change shape
 # Once caught up, events wait at most this long to be written: under a steady stream the partitions are
 # rarely all at their end at once, and a batch would otherwise wait for batch_events (bench/README.md).
-BATCH_AGE_S = 0.2
+BATCH_AGE_S = 0.05
 PROJECTED = (*KEYS, "dead_letters")
 # librdkafka prefetches up to 64 MiB per partition by default: on a replay that is the log itself in memory
 CONSUMER_CONFIG = {"queued.max.messages.kbytes": 4096}
@@ -146,7 +146,7 @@ class Projector:
         starts = {events_topic: resumed.start(events_topic, topic_partitions(self.bootstrap, events_topic)),
                   dlq_topic: self._stored_positions(dlq_topic)}
         self._reader = reader = LogReader(
-            self.bootstrap, "projector", starts, group_id=f"ledger-projector-{NAME}", batch_max=1000, wait_s=0.2,
+            self.bootstrap, "projector", starts, group_id=f"ledger-projector-{NAME}", batch_max=1000, wait_s=0.05,
             proofs=resumed.checkpoint.proofs if resumed.checkpoint else None, config=CONSUMER_CONFIG)
         caught_up, last_input, unwritten_since = False, time.monotonic(), time.monotonic()
         try:
