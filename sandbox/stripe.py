@@ -90,7 +90,12 @@ _ALNUM = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789"
 
 
 def _new_id(prefix: str) -> str:
-    return prefix + "".join(secrets.choice(_ALNUM) for _ in range(24))
+    """prefix + 24 random alphanumerics, from one draw (a choice per character cost ~60 us a request)."""
+    number, chars = secrets.randbits(143), []  # 62 ** 24 > 2 ** 142
+    for _ in range(24):
+        number, digit = divmod(number, 62)
+        chars.append(_ALNUM[digit])
+    return prefix + "".join(chars)
 
 
 class _ApiError(Exception):
@@ -166,7 +171,7 @@ class _Handler(ThreadedTestHandler):
 
     test_server: StripeTestServer
     server_version = "stripe-test-double/1.0"
-    json_indent = 2
+    json_indent = None  # compact: the C encoder (Stripe indents, which the SDK does not care about)
 
     def _answer(self, method: str, split: urllib.parse.SplitResult, raw: bytes) -> Answer:
         ctype = (self.headers.get("Content-Type") or "").split(";")[0].strip()

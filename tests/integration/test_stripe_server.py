@@ -6,6 +6,7 @@ import json
 import threading
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Iterator
@@ -411,3 +412,79 @@ def test_http_control_api_and_reset(server: StripeTestServer) -> None:
     with pytest.raises(stripe.InvalidRequestError) as ei:
         client.v1.transfers.create(params=transfer_params(acct, amount=10), options={"idempotency_key": "z"})
     assert ei.value.code == "no_account"
+
+
+# ---------------------------------------------------- connections
+
+
+def test_hundreds_of_concurrent_connections_are_all_answered() -> None:
+    """The listen backlog: with the standard library's 5, a burst of 300 clients connecting at once lost
+    dozens of connection attempts (reset, or dropped until they timed out)."""
+    import http.client
+
+    clients = 300
+    with StripeTestServer(latency_s=0.2) as srv:  # requests overlap: every client is connected at once
+        barrier = threading.Barrier(clients)
+        answers: list = []
+
+        def one() -> None:
+            barrier.wait(timeout=30)
+            try:
+                connection = http.client.HTTPConnection("127.0.0.1", srv.port, timeout=5)
+                connection.request("GET", "/v1/balance", headers={"Authorization": "Bearer sk_test_123"})
+                response = connection.getresponse()
+                response.read()
+                connection.close()
+                answers.append(response.status)
+            except OSError as exc:  # ConnectionResetError, ConnectionRefusedError, TimeoutError
+                answers.append(type(exc).__name__)
+
+        threads = [threading.Thread(target=one) for _ in range(clients)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(timeout=30)
+    assert answers == [200] * clients
+
+
+def test_a_connection_is_kept_alive_and_closed_when_the_server_stops() -> None:
+    import http.client
+
+    srv = StripeTestServer().start()
+    connection = http.client.HTTPConnection("127.0.0.1", srv.port, timeout=5)
+    try:
+        for _ in range(3):  # one connection, three answers
+            connection.request("GET", "/v1/balance", headers={"Authorization": "Bearer sk_test_123"})
+            response = connection.getresponse()
+            assert (response.status, response.getheader("Connection")) == (200, None)
+            response.read()
+        srv.stop()  # a stopped server answers nothing more, not even on a connection it kept open
+        with pytest.raises((http.client.HTTPException, OSError)):
+            connection.request("GET", "/v1/balance", headers={"Authorization": "Bearer sk_test_123"})
+            connection.getresponse()
+    finally:
+        connection.close()
+        srv.stop()
+
+
+def test_reset_fault_aborts_the_connection_and_executes_nothing(server: StripeTestServer) -> None:
+    import http.client
+
+    acct = server.create_account()
+    server.inject(kind="reset")
+    connection = http.client.HTTPConnection("127.0.0.1", server.port, timeout=5)
+    body = urllib.parse.urlencode({"amount": 100, "currency": "usd", "destination": acct})
+    connection.request("POST", "/v1/transfers", body=body, headers={
+        "Authorization": "Bearer sk_test_123", "Idempotency-Key": "r-1",
+        "Content-Type": "application/x-www-form-urlencoded"})
+    with pytest.raises(ConnectionResetError):  # RST, not an orderly close
+        connection.getresponse()
+    connection.close()
+    assert server.transfers() == [] and statuses(server, "r-1") == [0]
+    # accepted_then_reset: created and stored for the key, then reset; the same key again is a replay
+    server.inject(kind="accepted_then_reset")
+    with pytest.raises(stripe.APIConnectionError):
+        make_client(server).v1.transfers.create(params=transfer_params(acct), options={"idempotency_key": "r-2"})
+    again = make_client(server).v1.transfers.create(params=transfer_params(acct), options={"idempotency_key": "r-2"})
+    assert again.last_response.headers["Idempotent-Replayed"] == "true"
+    assert statuses(server, "r-2") == [0, 200] and server.creations_by_key() == {"r-2": 1}
