@@ -11,21 +11,19 @@ Limits (https://docs.stripe.com/rate-limits): 100 read and write requests per se
 100/s for a live key, with enough calls in flight to use that rate at Stripe's typical answer times
 (LANE_DEFAULTS). An instant payout is two requests (the transfer, then the payout): requests_per_call.
 
-HTTP: the SDK's requests client on one session shared by the lane's threads, its connections kept alive
-(a pool of up to MAX_CONNECTIONS), with the proxy settings read from the environment once, when the
-connector is made (HTTPS_PROXY / NO_PROXY for the API's address). requests would read them, and
-~/.netrc, again on every call: about a fifth of the client's CPU per call.
+HTTP: the SDK over connectors/stripe_http.py (http.client, a kept-alive connection per lane thread; the
+SDK's requests client when a proxy is configured for the API's address).
 """
 
 from __future__ import annotations
 
 import logging
 
-import requests
 import stripe
 
 from connectors.base import Outcome, TransferRequest, TransferResult
 from connectors.classification import failed
+from connectors.stripe_http import client_for
 
 logger = logging.getLogger("ledger.connectors.stripe")
 
@@ -34,24 +32,17 @@ TEST_KEY_PREFIXES = ("sk_test_", "rk_test_")
 # (calls in flight, requests per second) per mode: the rate is Stripe's documented limit; the calls in flight
 # cover it at answers up to 0.64 s (a transfer usually takes a few hundred ms).
 LANE_DEFAULTS = {"test": (16, 25.0), "live": (64, 100.0)}
-MAX_CONNECTIONS = 256  # kept-alive connections to the API at most (runtime/settings: at most 256 calls in flight)
-
-
-def http_client(api_base: str | None, timeout_s: float) -> stripe.HTTPClient:
-    """The SDK's requests client, on a session that does not read the environment on every call."""
-    session = requests.Session()
-    session.trust_env = False  # proxies are resolved below, once; verification is the SDK's own CA bundle
-    adapter = requests.adapters.HTTPAdapter(pool_connections=1, pool_maxsize=MAX_CONNECTIONS)
-    session.mount("https://", adapter)
-    session.mount("http://", adapter)
-    found = requests.utils.get_environ_proxies(api_base or stripe.api_base)  # {} when NO_PROXY covers it
-    proxies = {scheme: found[scheme] for scheme in ("http", "https") if scheme in found}
-    return stripe.RequestsClient(timeout=timeout_s, session=session, proxy=proxies or None)
 
 
 def key_mode(api_key: str) -> str:
     """test or live, from the secret (or restricted) key's prefix."""
     return "test" if api_key.startswith(TEST_KEY_PREFIXES) else "live"
+
+
+def _error_code(exc: stripe.StripeError) -> str | None:
+    body = exc.json_body if isinstance(exc.json_body, dict) else {}
+    error = body.get("error")
+    return error.get("code") if isinstance(error, dict) else getattr(exc, "code", None)
 
 
 def classify(exc: stripe.StripeError) -> TransferResult:
@@ -66,9 +57,9 @@ def classify(exc: stripe.StripeError) -> TransferResult:
     if isinstance(exc, stripe.APIConnectionError):
         return failed("timeout" if "timed out" in message.lower() or "timeout" in message.lower()
                       else "connection_error", message)
+    if exc.http_status == 409 and _error_code(exc) == "idempotency_key_in_use":  # the key's first request still runs
+        return failed("idempotency_key_in_use", message)  # (the SDK raises a plain APIError for a 409)
     if isinstance(exc, stripe.IdempotencyError):
-        if getattr(exc, "code", None) == "idempotency_key_in_use":  # the first request under this key still runs
-            return failed("idempotency_key_in_use", message)
         return failed("idempotency_conflict", message)
     if isinstance(exc, stripe.AuthenticationError):
         return failed("authentication_failed", message)
@@ -90,7 +81,7 @@ class StripeConnector:
         self.default_concurrency, self.default_rate_per_s = LANE_DEFAULTS[self.mode]
         self._client = stripe.StripeClient(
             api_key, base_addresses={"api": api_base} if api_base else None, max_network_retries=0,
-            http_client=http_client(api_base, timeout_s),
+            http_client=client_for(api_base or stripe.api_base, timeout_s),
         )
 
     @staticmethod

@@ -79,3 +79,51 @@ def test_instant_method_also_requests_an_instant_payout(server):
     assert result.outcome is Outcome.PENDING and "/po_" in result.provider_reference
     (payout,) = server.payouts()
     assert payout["method"] == "instant" and payout["amount"] == 12_345
+
+
+def test_a_reset_connection_is_a_retryable_connection_error_and_the_next_call_reconnects(server):
+    stripe_connector, payout = connector(server), request(server)
+    server.inject(path_prefix="/v1/transfers", method="POST", kind="reset")
+    reset = stripe_connector.submit(payout)
+    assert (reset.outcome, reset.reason_code, reset.retryable) == (Outcome.FAILED, "connection_error", True)
+    assert stripe_connector.submit(payout).outcome is Outcome.SETTLED  # same key: nothing was executed before
+    assert server.creations_by_key() == {"po-1": 1}
+
+
+def test_a_kept_alive_connection_the_server_closed_while_idle_is_opened_again():
+    first = StripeTestServer().start()
+    port = first.port
+    stripe_connector = StripeConnector("sk_test_ledger", api_base=first.url, timeout_s=5.0)
+    try:
+        assert stripe_connector.submit(request(first, "po-a")).outcome is Outcome.SETTLED
+    finally:
+        first.stop()  # closes the connection the connector keeps alive
+    with StripeTestServer(port=port) as second:  # the same address, a new server
+        paid = stripe_connector.submit(request(second, "po-b"))
+        assert paid.outcome is Outcome.SETTLED, paid  # not a request written to the dead connection
+        assert second.creations_by_key() == {"po-b": 1}
+
+
+def test_a_key_still_in_use_is_retryable_not_a_conflict(server):
+    stripe_connector, payout = connector(server, timeout_s=0.3), request(server)
+    server.inject(path_prefix="/v1/transfers", method="POST", kind="slow", delay_s=1.5)
+    assert stripe_connector.submit(payout).reason_code == "timeout"
+    in_use = stripe_connector.submit(payout)  # the first request still runs at the provider
+    assert (in_use.reason_code, in_use.retryable) == ("idempotency_key_in_use", True)
+    assert server.wait_idle(5)
+    assert stripe_connector.submit(payout).outcome is Outcome.SETTLED
+    assert server.creations_by_key() == {"po-1": 1}
+
+
+@pytest.mark.parametrize(("key", "mode", "limits"), [
+    ("sk_test_x", "test", (16, 25.0)), ("rk_test_x", "test", (16, 25.0)),
+    ("sk_live_x", "live", (64, 100.0)), ("rk_live_x", "live", (64, 100.0))])
+def test_the_lane_defaults_follow_the_keys_mode(key, mode, limits):
+    stripe_connector = StripeConnector(key, api_base="http://127.0.0.1:9")  # nothing is called
+    assert (stripe_connector.mode, (stripe_connector.default_concurrency, stripe_connector.default_rate_per_s)) == (
+        mode, limits)
+
+
+def test_an_instant_payout_counts_two_requests_against_the_rate_limit(server):
+    assert StripeConnector.requests_per_call(request(server, method="stripe_instant"), "submit") == 2
+    assert StripeConnector.requests_per_call(request(server), "submit") == 1
