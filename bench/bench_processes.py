@@ -51,6 +51,7 @@ class LedgerProcess:
         self.out_path, self.err_path = log_dir / f"{name}.out", log_dir / f"{name}.err"
         self.peak_kib: int | None = None  # VmHWM read just before the stop signal (or the last poll before exit)
         self.maxrss_kib: int | None = None  # ru_maxrss from wait4 at exit: the kernel's own peak
+        self.cpu_s: float | None = None  # user + system CPU seconds, from wait4 at exit
         self.started_at = time.time()
         with self.out_path.open("wb") as out, self.err_path.open("wb") as err:
             self.popen = subprocess.Popen([LEDGER, *args], env=env, stdout=out, stderr=err,
@@ -136,5 +137,58 @@ class LedgerProcess:
         if pid == 0:
             return None
         self.maxrss_kib = usage.ru_maxrss
+        self.cpu_s = round(usage.ru_utime + usage.ru_stime, 2)  # the kernel's count, at exit
         self.popen.returncode = os.waitstatus_to_exitcode(status)
         return self.popen.returncode
+
+
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def _process_cpu_s(pid: int) -> float | None:
+    """User + system CPU seconds of one live process (its threads included), from /proc/<pid>/stat."""
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as stat:
+            fields = stat.read().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS  # utime, stime: fields 14 and 15 of stat(5)
+
+
+def _machine_busy_s() -> float:
+    with open("/proc/stat", encoding="ascii") as stat:
+        values = [int(value) for value in stat.readline().split()[1:]]
+    idle = values[3] + values[4]  # idle + iowait
+    return (sum(values[:8]) - idle) / CLOCK_TICKS
+
+
+def cpu_snapshot(workers: dict[str, "LedgerProcess"]) -> dict[str, float]:
+    """CPU seconds used so far by each running worker, the driver (this process, its in-process sandboxes
+    included), the broker (tansu) and PostgreSQL (all its processes), and the whole machine (busy time)."""
+    snapshot = {name: _process_cpu_s(worker.pid) for name, worker in workers.items() if worker.running()}
+    snapshot["driver"] = _process_cpu_s(os.getpid())
+    broker = postgres = 0.0
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/comm", encoding="ascii", errors="replace") as comm:
+                name = comm.read().strip()
+        except OSError:
+            continue
+        if name.startswith("tansu"):
+            broker += _process_cpu_s(int(entry)) or 0.0
+        elif name.startswith("postgres") or name.startswith("postmaster"):
+            postgres += _process_cpu_s(int(entry)) or 0.0
+    snapshot.update({"broker": broker, "postgres": postgres, "machine": _machine_busy_s()})
+    return {name: value for name, value in snapshot.items() if value is not None}
+
+
+def cpu_used(before: dict[str, float], after: dict[str, float]) -> dict[str, float]:
+    """CPU seconds each one used between two snapshots ("other": the machine's busy time no one listed took:
+    anything else running on the machine, or processes that ended in between)."""
+    used = {name: round(after[name] - before.get(name, 0.0), 2) for name in after if name != "machine"}
+    machine = round(after["machine"] - before["machine"], 2)
+    used["other"] = round(machine - sum(used.values()), 2)
+    used["machine"] = machine
+    return used

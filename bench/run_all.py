@@ -36,7 +36,7 @@ from rich.table import Table
 from bench_payouts import payouts as pay_payouts
 from bench_payouts import stripe_limits_in_force
 from bench_phases import BenchContext, append_throughput, end_to_end, rebuild
-from bench_processes import BenchFailure, LedgerProcess, ledger_env, vmhwm_kib
+from bench_processes import BenchFailure, LedgerProcess, cpu_snapshot, cpu_used, ledger_env, vmhwm_kib
 from bench_reading import raw_read_rate
 from bench_stack import close_place, machine, open_place, remove_run_data
 import restart as restart_bench
@@ -106,13 +106,22 @@ def run(args: argparse.Namespace, place, log_dir: Path, progress: Progress) -> d
             raise BenchFailure(f"the Celery peer of (d) needs the bench extra (`make install`, or pip install -e "
                                f"'.[bench]'), or run with --skip-peer: {exc}") from None
         celery_peer.preflight(args.peer_redis)
+    cpu: dict[str, dict[str, float]] = {}  # CPU seconds per process in each phase (bench_processes.cpu_used)
+
+    def measured(phase: str, work):  # noqa: ANN001, ANN202 - a phase's callable and its result
+        before = cpu_snapshot(ctx.workers)
+        result = work()
+        cpu[phase] = cpu_used(before, cpu_snapshot(ctx.workers))
+        return result
+
     try:
         start("sequencer", ["sequencer"], "reading ", "that it reads its input")
-        appended = append_throughput(ctx, args.payments, args.payees)
+        appended = measured("append", lambda: append_throughput(ctx, args.payments, args.payees))
         start("projector", ["projector"], "caught up", "that it caught up")
         start("aggregator", ["aggregator"], "rebuilt ", "its rebuild")
-        burst = end_to_end(ctx, "c", args.payments // 2, args.payees, None)
-        paced = end_to_end(ctx, "p", args.payments // 4, args.payees, burst["payments_per_s"] * args.paced_share)
+        burst = measured("end_to_end_burst", lambda: end_to_end(ctx, "c", args.payments // 2, args.payees, None))
+        paced = measured("end_to_end_paced", lambda: end_to_end(
+            ctx, "p", args.payments // 4, args.payees, burst["payments_per_s"] * args.paced_share))
         stop("aggregator")
 
         payouts = pay_payouts(ctx, env, log_dir, stop, args.payouts, PROVIDER_LATENCY_S,
@@ -123,14 +132,22 @@ def run(args: argparse.Namespace, place, log_dir: Path, progress: Progress) -> d
         task = progress.add_task("(a) raw read of ledger.events", total=None)
         raw = raw_read_rate(place.bootstrap, place.settings.topic_events, args.raw_read_repeats, timeout_s=300)
         progress.update(task, total=1, completed=1)
+        before = cpu_snapshot(ctx.workers)
         rebuilt, process = rebuild(ctx, env, log_dir, raw["records"])
+        cpu["rebuild"] = {**cpu_used(before, cpu_snapshot(ctx.workers)), "rebuild": process.cpu_s}
+        cpu["rebuild"]["other"] = round(cpu["rebuild"]["other"] - (process.cpu_s or 0), 2)
         peaks["rebuild"] = {"vmhwm_kib": process.peak_kib, "maxrss_at_exit_kib": process.maxrss_kib, "exit_code": 0}
     finally:
         for name in list(ctx.workers):
             stop(name)
     peaks["driver"] = {"vmhwm_kib": vmhwm_kib(os.getpid()), "maxrss_at_exit_kib": None, "exit_code": None}
+    records = {"append": appended["records"], "end_to_end_burst": burst["payments"],
+               "end_to_end_paced": paced["payments"], "rebuild": rebuilt["events"]}
+    per_record = {phase: {name: round(seconds / records[phase] * 1e6, 1) for name, seconds in used.items()
+                          if seconds is not None} for phase, used in cpu.items()}
     return {"append": appended, "end_to_end_burst": burst, "end_to_end_paced": paced, "payouts": payouts,
-            "raw_read": raw, "rebuild": rebuilt, "peak_memory": peaks}
+            "raw_read": raw, "rebuild": rebuilt, "peak_memory": peaks, "cpu_seconds": cpu,
+            "cpu_us_per_record": per_record}
 
 
 def run_restart(args: argparse.Namespace, place, log_dir: Path, report, own_place: bool) -> dict:  # noqa: ANN001
@@ -231,6 +248,18 @@ def print_table(result: dict) -> None:
                   f"(d) {payout_counts(d['payouts'])}; (e) "
                   f"{d['rebuild']['events']:,} events. Latency resolution: {paced['poll_interval_s'] * 1000:.0f} ms "
                   "polls. Latency ratio = records the raw reader reads in that time.", highlight=False)
+    if d.get("cpu_us_per_record"):
+        cpu = Table(title="CPU µs per record, by process and phase (other: the rest of the machine's busy time)")
+        phases = list(d["cpu_us_per_record"])
+        names = sorted({name for used in d["cpu_us_per_record"].values() for name in used},
+                       key=lambda name: (name in ("other", "machine"), name))
+        cpu.add_column("process")
+        for phase in phases:
+            cpu.add_column(phase, justify="right")
+        for name in names:
+            cpu.add_row(name, *(f"{d['cpu_us_per_record'][phase].get(name, 0):,.1f}"
+                                if name in d["cpu_us_per_record"][phase] else "-" for phase in phases))
+        console.print(cpu)
 
 
 def main() -> int:
