@@ -33,14 +33,16 @@ Pipelined: the loop records attempts ahead (up to the lane's window), hands the 
 before the running ones end (the lane's queue), and sends outcomes without waiting for the broker's
 acknowledgement (a delivery failure stops the process; the producer is flushed before a checkpoint and
 at a stop). While calls run it waits at most BUSY_WAIT_S for records, and it decides what to do next
-(a pass over the open payouts) at most every SCHEDULE_EVERY_S while things change, IDLE_SCHEDULE_S
-otherwise.
+(a pass over the open payouts) at most every SCHEDULE_EVERY_S while things change (or twice as long as
+the last pass took, with thousands open), IDLE_SCHEDULE_S otherwise. The interpreter switches threads
+every GIL_SWITCH_S while it runs, so a lane thread holding an answer is not kept waiting by the loop.
 """
 
 from __future__ import annotations
 
 import logging
 import queue
+import sys
 import time
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -77,6 +79,7 @@ BUSY_WAIT_S = 0.005  # longest wait for records while calls run: their results a
 IDLE_WAIT_S = 0.05
 SCHEDULE_EVERY_S = 0.01  # a pass over the open payouts at most this often while records or results arrive
 IDLE_SCHEDULE_S = 0.2  # and at least this often (due retries, quick retries, polls)
+GIL_SWITCH_S = 0.001  # while it runs: a lane thread with an answer waits at most this long for the loop to yield
 QUICK_RETRY_FIRST_S = 0.5  # Stripe's SDK: 0.5 s, doubling, at most 5 s
 QUICK_RETRY_MAX_S = 5.0
 # A lookup or status check failing with these says nothing about the transfer: the question went unanswered.
@@ -148,6 +151,8 @@ class TransferProcessor:
         self._unknown_until: dict[str, float] = {}  # payout -> monotonic time before which it is not asked again
         self._quick_tries: dict[tuple[str, int], int] = {}  # attempt -> quick retries made after no answer
         self._scheduled_at = 0.0
+        self._schedule_cost = 0.0  # seconds the last pass took
+        self._method_lanes: dict[str, ProviderLane | None] = {}
         self._order: list[str] = []  # the open payouts, oldest request first (rebuilt when one is added)
         self._order_stale = True
         self._last_poll: dict[str, float] = {}
@@ -169,6 +174,8 @@ class TransferProcessor:
         """Process until stop() (SIGTERM/SIGINT), or until nothing happened for idle_exit_s seconds."""
         if handle_signals:
             self._stop.install()
+        switch_interval = sys.getswitchinterval()
+        sys.setswitchinterval(min(switch_interval, GIL_SWITCH_S))
         started = time.monotonic()
         events_topic, commands_topic = self.settings.topic_events, self.settings.topic_commands
         resumed, state = self._resume()
@@ -241,6 +248,7 @@ class TransferProcessor:
             for reader in (self._events, self._commands):
                 if reader is not None:
                     reader.close()
+            sys.setswitchinterval(switch_interval)
         return self.stats
 
     def _shutdown(self) -> None:
@@ -255,9 +263,10 @@ class TransferProcessor:
         return BUSY_WAIT_S if any(lane.busy for lane in self.lanes.values()) else IDLE_WAIT_S
 
     def _schedule_due(self, changed: bool) -> bool:
-        """Whether to pass over the open payouts now: soon after a change, and now and then for due times."""
+        """Whether to pass over the open payouts now: soon after a change (but at most a third of the time, with
+        thousands open), and now and then for due times."""
         since = time.monotonic() - self._scheduled_at
-        return since >= IDLE_SCHEDULE_S or (changed and since >= SCHEDULE_EVERY_S)
+        return since >= IDLE_SCHEDULE_S or (changed and since >= max(SCHEDULE_EVERY_S, 2 * self._schedule_cost))
 
     def _warn_if_unchained(self) -> None:
         """Attempts wait for the sequencer; say so when it seems not to run."""
@@ -394,44 +403,69 @@ class TransferProcessor:
     # --- deciding what to do ---------------------------------------------------------------------
 
     def _schedule(self) -> bool:
+        """One pass over the open payouts, oldest first: hand the lanes the calls that are due, then record the
+        next attempts while each lane's window has room. Everything else waits for the next pass."""
         now, mono = self.clock(), time.monotonic()
-        self._scheduled_at = mono
         self._refresh_pause(mono)
         to_submit: dict[str, list[TransferRequest]] = {}
-        outstanding = self._outstanding()
+        outstanding: dict[str, int] = {}  # attempts recorded and not answered, per lane (bounded by its window)
+        to_record: list[tuple[Payout, ProviderLane]] = []
+        lanes_full: set[str] = set()
         acted = False
+        active, awaiting, payouts = self._active, self._awaiting, self.book.payouts
         for payout_id in self._oldest_first():
-            if payout_id not in self._active:
+            if payout_id not in active:
                 continue  # finished since the order was made
-            payout = self.book.payouts[payout_id]
-            lane = self._lane(payout)
-            if lane is None or payout_id in lane.busy:
+            payout = payouts[payout_id]
+            lane = self._method_lanes.get(payout.method, False)
+            if lane is False:
+                lane = self._method_lanes[payout.method] = self._lane(payout)
+            if lane is None:
                 continue
             status = payout.status
+            if status is PayoutStatus.SUBMITTED or payout_id in awaiting:
+                outstanding[lane.name] = outstanding.get(lane.name, 0) + 1
+            if payout_id in lane.busy:
+                continue
             if status is PayoutStatus.REQUESTED or (status is PayoutStatus.RETRY_WAIT and payout.due_at is not None
                                                     and payout.due_at <= now):
-                acted |= self._record_attempt(payout, lane, now, mono, outstanding)
+                to_record.append((payout, lane))
             elif status is PayoutStatus.RETRY_WAIT and payout.due_at is None:
                 acted |= self._schedule_lost_retry(payout, lane, now)
             elif status is PayoutStatus.SUBMITTED:
-                acted |= self._call(payout, lane, mono, to_submit)
+                if lane.name not in lanes_full:
+                    if self._call(payout, lane, mono, to_submit):
+                        acted = True
+                    elif not lane.batches and lane.lookup_slots - len(to_submit.get(lane.name, ())) <= 0:
+                        lanes_full.add(lane.name)  # every later call waits for a slot: not asked one by one
             elif status is PayoutStatus.AT_PROVIDER and lane.name in POLLED_PROVIDERS:
                 if mono - self._last_poll.get(payout_id, 0.0) >= self.settings.pending_poll_s and lane.lookup_slots > 0:
                     self._last_poll[payout_id] = mono
                     with payout_context(payout):
                         lane.resolve(self._request(payout, payout.current.number), "poll")
                     acted = True
+        full: set[str] = set()
+        for payout, lane in to_record:
+            if lane.name in full:
+                continue
+            if outstanding.get(lane.name, 0) >= lane.window:
+                full.add(lane.name)
+                continue
+            acted |= self._record_attempt(payout, lane, now, mono, outstanding)
         self._update_gauges(mono)
         for name, requests in to_submit.items():
             lane = self.lanes[name]
             batches = [requests] if lane.batches else [[request] for request in requests]
             for batch in batches:
                 crash_point("after_submit")
-                for request in batch:
-                    with payout_context(self.book.get(request.payout_id), attempt=request.attempt):
-                        logger.info("paying %s through %s (attempt %d)", request.amount, name, request.attempt)
+                if logger.isEnabledFor(logging.DEBUG):  # the ledger has the attempt; its outcome is logged
+                    for request in batch:
+                        with payout_context(self.book.get(request.payout_id), attempt=request.attempt):
+                            logger.debug("paying %s through %s (attempt %d)", request.amount, name, request.attempt)
                 with payout_context(self.book.get(batch[0].payout_id) if len(batch) == 1 else None):
                     lane.submit(batch)
+        self._scheduled_at = time.monotonic()
+        self._schedule_cost = self._scheduled_at - mono
         return acted
 
     def _oldest_first(self) -> list[str]:
@@ -486,8 +520,9 @@ class TransferProcessor:
         event = self._sent_submits.get((payout.payout_id, attempt)) or records.submitted(
             payout, attempt, lane.name, attempt_key(payout.payout_id, attempt), now)
         self._sent_submits[(payout.payout_id, attempt)] = event
-        with payout_context(payout, event_id=event.envelope.event_id):
-            logger.debug("attempt %d recorded: paid once the sequencer has chained it", attempt)
+        if logger.isEnabledFor(logging.DEBUG):
+            with payout_context(payout, event_id=event.envelope.event_id):
+                logger.debug("attempt %d recorded: paid once the sequencer has chained it", attempt)
         self._send(event)
         metrics.PAYOUT_ATTEMPTS.labels(lane.name).inc()
         self._awaiting[payout.payout_id] = (attempt, mono)
@@ -499,7 +534,6 @@ class TransferProcessor:
         attempt = payout.current.number
         if self._unknown_until.get(payout.payout_id, 0.0) > mono:
             return False
-        request = self._request(payout, attempt)
         # An attempt this process recorded is paid directly, and so is one the provider was asked about and
         # has nothing of. One recorded before a crash, and every retry (it gets a new idempotency key),
         # first asks the provider for anything under the payout id.
@@ -508,11 +542,12 @@ class TransferProcessor:
         batch = to_submit.get(lane.name)
         if direct and batch is not None and lane.batches:  # joins the file already being made in this round
             self._cleared.discard(key)
-            batch.append(request)
+            batch.append(self._request(payout, attempt))
             return True
         slots = lane.free_slots - len(batch or ()) if direct else lane.lookup_slots
         if slots <= 0 or not lane.breaker.allow():
             return False
+        request = self._request(payout, attempt)
         if direct:
             self._cleared.discard(key)
             to_submit.setdefault(lane.name, []).append(request)
@@ -521,16 +556,6 @@ class TransferProcessor:
                 logger.info("asking %s what it holds for attempt %d before paying", lane.name, attempt)
                 lane.resolve(request, "resolve")
         return True
-
-    def _outstanding(self) -> dict[str, int]:
-        """Attempts recorded but not answered yet, per provider (bounded by settings.provider_window)."""
-        counts: dict[str, int] = {}
-        for payout_id in self._active:
-            payout = self.book.payouts[payout_id]
-            if payout.status is PayoutStatus.SUBMITTED or payout_id in self._awaiting:
-                provider = provider_for(payout.method) or ""
-                counts[provider] = counts.get(provider, 0) + 1
-        return counts
 
     @staticmethod
     def _breaker_open(lane: ProviderLane) -> bool:
@@ -732,12 +757,12 @@ class TransferProcessor:
     # --- writing ---------------------------------------------------------------------------------
 
     def _send(self, event: Event) -> None:
-        """Queue the event for ledger.commands; not waited for (_serve_producer, _flush)."""
+        """Queue the event for ledger.commands; not waited for: delivery reports are served once per round of the
+        loop (_serve_producer; a poll per record cost ~0.2 ms of the loop's time each) and at a flush."""
         outcome = event.event_type != "PayoutSubmitted"
         self._producer.produce(self.settings.topic_commands, key=event.payee_id.encode(),
                                value=self.codec.encode(event),
                                on_delivery=self._outcome_delivered if outcome else self._delivered)
-        self._producer.poll(0)
         self._unflushed += 1
         if outcome:
             self._apply(event)  # an outcome is known now; a submit waits for the sequencer's verdict

@@ -3,7 +3,8 @@ no payout is lost, and the ledger's money matches the provider's.
 
 Kills come from outside at random times, and from inside at the narrow points a random kill seldom
 hits (LEDGER_FAULT_POINTS): before recording an attempt, after recording it but before the call, and
-after the provider answered but before the outcome is recorded. The processor runs as the real
+after the provider answered but before the outcome is recorded. Connections reset before or after Stripe
+executed a transfer are retried within seconds under the same key (quick retries), kills included. The processor runs as the real
 `ledger transfers` command; Stripe is the project's Stripe-compatible server over HTTP.
 """
 
@@ -49,10 +50,10 @@ def test_sigkills_at_random_points_pay_every_payout_exactly_once(settings, tmp_p
         with sequencer_running(settings):
             deadline = time.monotonic() + 180
             while time.monotonic() < deadline and sum(kills.values()) < MAX_KILLS:
-                if rng.random() < 0.3:  # provider trouble now and then: 500s (stored) and 429s
-                    stripe_server.inject(path_prefix="/v1/transfers", kind=rng.choice(["server_error", "rate_limit",
-                                                                                       "accepted_then_500"]),
-                                         times=rng.randint(1, 3), retry_after_s=1)
+                if rng.random() < 0.3:  # provider trouble now and then: 500s (stored), 429s, connections reset
+                    stripe_server.inject(path_prefix="/v1/transfers", kind=rng.choice([
+                        "server_error", "rate_limit", "accepted_then_500", "reset", "accepted_then_reset"]),
+                        times=rng.randint(1, 3), retry_after_s=1)
                 worker = start_processor(faulty_env)
                 try:
                     worker.wait(timeout=rng.uniform(0.4, 2.0))

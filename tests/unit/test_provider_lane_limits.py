@@ -1,0 +1,120 @@
+"""A lane's limits (which setting wins), its queue of calls behind the running ones, and what the circuit
+withdraws from it; the rate limit counts provider requests, not calls."""
+
+from __future__ import annotations
+
+import queue
+import threading
+from datetime import datetime, timezone
+
+import pytest
+from pydantic import ValidationError
+
+from connectors.base import Outcome, TransferRequest, TransferResult
+from connectors.circuit_breaker import CircuitBreaker
+from connectors.manual import ManualConnector
+from connectors.stripe_connector import StripeConnector
+from ledger.money import Money
+from processors.provider_lane import ProviderLane, TokenBucket
+from runtime.providers import LaneLimits, lane_limits
+from runtime.settings import Settings
+
+
+class FakeTime:
+    def __init__(self) -> None:
+        self.now = 0.0
+        self.slept: list[float] = []
+
+    def monotonic(self) -> float:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        self.slept.append(seconds)
+        self.now += seconds
+
+
+def stripe(key: str = "sk_test_x") -> StripeConnector:
+    return StripeConnector(key, api_base="http://127.0.0.1:9")  # nothing is called
+
+
+@pytest.mark.parametrize(("changes", "connector", "expected"), [
+    ({}, stripe(), LaneLimits(16, 25.0, 200)),  # Stripe test mode: 25 requests/s
+    ({}, stripe("sk_live_x"), LaneLimits(64, 100.0, 512)),  # live: 100/s; the window grows with the calls
+    ({}, ManualConnector(), LaneLimits(4, 20.0, 200)),  # a provider without documented limits
+    ({"provider_concurrency": 8, "provider_rate_per_s": 5.0}, stripe(), LaneLimits(8, 5.0, 200)),  # every lane
+    ({"provider_concurrency": 8, "provider_limits": {"stripe": {"concurrency": 32}}}, stripe(),
+     LaneLimits(32, 25.0, 256)),  # the provider's own override first, its default rate still
+    ({"provider_limits": {"stripe": {"rate_per_s": 50}}}, ManualConnector(), LaneLimits(4, 20.0, 200)),
+    ({"provider_window": 30}, stripe(), LaneLimits(16, 25.0, 30)),
+])
+def test_the_first_limit_set_wins(changes, connector, expected):
+    assert lane_limits(Settings(**changes), connector) == expected
+
+
+@pytest.mark.parametrize("limits", [{"stripe": {"threads": 4}}, {"stripe": {"concurrency": 0}},
+                                    {"stripe": {"concurrency": 2.5}}, {"stripe": {"rate_per_s": 0}}])
+def test_a_bad_per_provider_limit_names_the_provider(limits):
+    with pytest.raises(ValidationError, match="stripe"):
+        Settings(provider_limits=limits)
+
+
+def test_per_provider_limits_come_from_json_in_the_environment(monkeypatch):
+    monkeypatch.setenv("LEDGER_PROVIDER_LIMITS", '{"stripe": {"concurrency": 24, "rate_per_s": 40}}')
+    monkeypatch.setenv("LEDGER_PROVIDER_QUICK_RETRIES", "4")
+    settings = Settings()
+    assert lane_limits(settings, stripe()) == LaneLimits(24, 40.0, 200)
+    assert settings.provider_quick_retries == 4
+
+
+def test_an_instant_payout_takes_two_tokens():
+    clock = FakeTime()
+    bucket = TokenBucket(10.0, burst=2, monotonic=clock.monotonic, sleep=clock.sleep)
+    bucket.acquire(2)
+    assert clock.slept == []
+    bucket.acquire(2)  # empty: two tokens at 10/s
+    assert abs(clock.now - 0.2) < 1e-9
+
+
+class Held:
+    """Each call waits until released; counts the calls that started."""
+
+    name = "held"
+
+    def __init__(self) -> None:
+        self.release = threading.Event()
+        self.started: list[str] = []
+        self._lock = threading.Lock()
+
+    def submit(self, request: TransferRequest) -> TransferResult:
+        with self._lock:
+            self.started.append(request.payout_id)
+        self.release.wait(10)
+        return TransferResult(Outcome.SETTLED, provider_reference=request.payout_id)
+
+    def lookup(self, request: TransferRequest) -> TransferResult | None:
+        return None
+
+
+def payment(i: int) -> TransferRequest:
+    return TransferRequest(f"po-{i}", "payee", Money.of(100, "USD"), "manual", "", 1)
+
+
+def test_queued_calls_behind_the_running_ones_are_withdrawn_before_they_start():
+    connector, results = Held(), queue.Queue()
+    lane = ProviderLane(connector, concurrency=2, rate_per_s=1000.0, window=100, results=results,
+                        breaker=CircuitBreaker(lambda: datetime.now(timezone.utc)))
+    assert lane.capacity == 4  # two running, two queued behind them
+    for i in range(4):
+        lane.submit([payment(i)])
+    assert lane.free_slots == 0
+    deadline = threading.Event()
+    while len(connector.started) < 2 and not deadline.wait(0.01):
+        pass
+    withdrawn = lane.cancel_queued()  # the circuit opened: what has not started never reaches the provider
+    assert sorted(withdrawn) == [("po-2", 1, "submit"), ("po-3", 1, "submit")]
+    assert lane.busy == {"po-0", "po-1"} and lane.free_slots == 2
+    connector.release.set()
+    answered = sorted(results.get(timeout=10).payout_id for _ in range(2))
+    lane.shutdown()
+    assert answered == ["po-0", "po-1"] and sorted(connector.started) == ["po-0", "po-1"]
+    assert results.empty()
