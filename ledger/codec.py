@@ -19,7 +19,7 @@ from typing import Any, Iterable, Protocol
 import fastavro
 import fastavro.schema
 
-from ledger.codec_compiled import compile_check, compile_from_wire
+from ledger.codec_compiled import compile_check, compile_from_wire, compile_to_wire
 from ledger.currencies import UnknownCurrency, currency
 from ledger.events import EVENT_TYPES, Envelope, Event
 from ledger.guards import require
@@ -63,6 +63,7 @@ class KnownSchema:
     fast: Any = None  # the same schema parsed with fastavro's write hint: no re-parse on each call
     check: Any = None  # compiled fast check of a value (ledger/codec_compiled.py); None: always the full check
     from_wire: Any = None  # compiled _from_wire for this schema as the reader
+    to_wire: Any = None  # compiled _to_wire of a checked payload of this schema
 
     @property
     def full_name(self) -> str:
@@ -118,7 +119,8 @@ def build_known_schema(definition: dict[str, Any], shared: dict[str, Any]) -> Kn
     require(len(fingerprint) == 8, "CRC-64-AVRO fingerprints are 8 bytes")
     fast = fastavro.schema.parse_schema(expanded)
     return KnownSchema(expanded["name"].split(".")[-1], version, expanded, parsed, canonical, fingerprint, fast,
-                       compile_check(expanded), compile_from_wire(expanded, _money_from_wire))
+                       compile_check(expanded), compile_from_wire(expanded, _money_from_wire),
+                       compile_to_wire(expanded))
 
 
 def _load_json(path: Path) -> dict[str, Any]:
@@ -380,7 +382,7 @@ class EventCodec:
         checked = {"envelope": envelope, **event.payload}
         if not known.check(checked):  # the compiled check said no: the full one names the field and the reason
             _check_payload(checked, known.definition, event.event_type, {})
-        record = {"envelope": envelope, **_to_wire(event.payload)}
+        record = {"envelope": envelope, **known.to_wire(event.payload)}
         body = io.BytesIO()
         fastavro.schemaless_writer(body, known.fast, record)
         return self.framing.prefix(known) + body.getvalue()

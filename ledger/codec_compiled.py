@@ -187,3 +187,71 @@ def _compile_convert(schema: Any, money: Convert, named: dict[str, Convert], top
     if isinstance(kind, (dict, list)):
         return _compile_convert(kind, money, named, top)
     return None
+
+
+def compile_to_wire(schema: Any) -> Convert:
+    """The codec's _to_wire for the payload of a record of `schema` (its fields but the envelope), compiled:
+    Money becomes its wire record, mappings dicts and sequences lists, field by field as the schema says.
+    Used only on values that passed the check, so every value has its schema's shape."""
+    named: dict[str, Convert | None] = {}
+    fields = [(field["name"], _compile_wire(field["type"], named)) for field in schema["fields"]
+              if field["name"] != "envelope"]
+    converting = [(name, convert) for name, convert in fields if convert is not None]
+
+    def payload(value: Any) -> dict[str, Any]:
+        out = dict(value)
+        for name, convert in converting:
+            if name in out:
+                out[name] = convert(out[name])
+        return out
+    return payload
+
+
+def _money_to_wire(value: Any) -> Any:
+    if value is None:
+        return None
+    return {"amount_minor": value.amount_minor, "currency": value.currency.code, "exponent": value.currency.exponent}
+
+
+def _compile_wire(schema: Any, named: dict[str, Convert | None]) -> Convert | None:
+    """None: values of this schema are written as they are."""
+    if isinstance(schema, str):
+        if schema == MONEY_TYPE:
+            return _money_to_wire
+        if schema in named:
+            return lambda value: None if value is None else (named[schema] or _identity)(value)
+        return None
+    if isinstance(schema, list):
+        branches = [branch for branch in schema if branch != "null"]
+        if len(branches) != 1:
+            return None
+        return _compile_wire(branches[0], named)  # every converter here passes None through
+    kind = schema.get("type")
+    if kind == "record":
+        full = _full_name(schema["name"], schema.get("namespace"))
+        if full == MONEY_TYPE:
+            named.setdefault(full, _money_to_wire)
+            return _money_to_wire
+        fields: list[tuple[str, Convert]] = []
+
+        def record(value: Any) -> Any:
+            if value is None:
+                return None
+            out = dict(value)
+            for name, convert in fields:
+                if name in out:
+                    out[name] = convert(out[name])
+            return out
+        named.setdefault(full, record)
+        fields.extend((field["name"], convert) for field in schema["fields"]
+                      if (convert := _compile_wire(field["type"], named)) is not None)
+        return record
+    if kind == "array":
+        item = _compile_wire(schema["items"], named) or _identity
+        return lambda value: None if value is None else [item(element) for element in value]
+    if kind == "map":
+        item = _compile_wire(schema["values"], named) or _identity
+        return lambda value: None if value is None else {key: item(element) for key, element in value.items()}
+    if isinstance(kind, (dict, list)):
+        return _compile_wire(kind, named)
+    return None

@@ -108,13 +108,14 @@ class Event:
         return self.envelope.payee_id
 
 
-_FLAT_TYPES = (str, int, datetime, type(None))
+_IMMUTABLE_TYPES = frozenset({str, int, bool, datetime, type(None), Money, MappingProxyType})
 
 
 def _flat(payload: MappingProxyType) -> bool:
-    """A read-only payload whose values are all immutable already (an event's payload passed on): no copy."""
+    """A read-only payload whose values are all immutable already (an event's payload passed on): no copy.
+    Exact types only: a subclass of one of them takes the copying path, as before."""
     for value in payload.values():
-        if not isinstance(value, _FLAT_TYPES) and type(value) is not MappingProxyType and type(value) is not Money:
+        if type(value) not in _IMMUTABLE_TYPES:
             return False
     return True
 

@@ -16,6 +16,7 @@ import re
 import uuid
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
+from types import MappingProxyType
 from collections.abc import Mapping
 from typing import Any, Literal
 
@@ -324,22 +325,25 @@ def _to_event(model: _Record, amount: Money, now: datetime, correlation_id: str 
     if isinstance(model, _Payment):
         event_type, business_id = "PaymentCompleted", model.payment_id
         payload: dict[str, Any] = {"payment_id": model.payment_id, "amount": amount, "services": model.services,
-                                   "source": model.source, "metadata": model.metadata}
+                                   "source": model.source, "metadata": MappingProxyType(dict(model.metadata))}
     elif isinstance(model, _Refund):
         event_type, business_id = "PaymentRefunded", model.refund_id
         payload = {"refund_id": model.refund_id, "payment_id": model.payment_id, "amount": amount,
-                   "reason": model.reason, "metadata": model.metadata}
+                   "reason": model.reason, "metadata": MappingProxyType(dict(model.metadata))}
     else:
         assert isinstance(model, _Adjustment)
         event_type, business_id = "EarningsAdjusted", model.adjustment_id
         payload = {"adjustment_id": model.adjustment_id, "kind": model.kind, "name": model.name, "amount": amount,
-                   "reason": model.reason, "actor": model.actor, "metadata": model.metadata}
+                   "reason": model.reason, "actor": model.actor, "metadata": MappingProxyType(dict(model.metadata))}
     envelope = new_envelope(
         event_type, payee_id=model.payee_id, occurred_at=occurred, recorded_at=now,
         event_id=deterministic_event_id(model.type, business_id), correlation_id=correlation_id,
         causation_id=causation_id,
     )
-    return Event(envelope, payload)
+    return Event(envelope, MappingProxyType(payload))  # read-only already (metadata too): Event copies nothing
+
+
+_PLAIN_VALUES = frozenset({str, int, bool, type(None)})
 
 
 def record_of_event(event: Event) -> dict[str, Any]:
@@ -352,7 +356,8 @@ def record_of_event(event: Event) -> dict[str, Any]:
     record: dict[str, Any] = {
         "type": kinds[event.event_type], "payee_id": event.payee_id, "amount_minor": amount.amount_minor,
         "currency": amount.currency.code, "occurred_at": event.envelope.occurred_at,
-        **{key: (dict(value) if isinstance(value, Mapping) else value) for key, value in payload.items()},
+        **{key: (value if type(value) in _PLAIN_VALUES else dict(value) if isinstance(value, Mapping) else value)
+           for key, value in payload.items()},
     }
     return record
 

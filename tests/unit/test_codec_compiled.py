@@ -107,3 +107,10 @@ def test_deterministic_event_ids_are_uuid5(kind: str, business_id: str) -> None:
             deterministic_event_id(kind, business_id)
         return
     assert deterministic_event_id(kind, business_id) == expected
+
+
+@pytest.mark.parametrize("event_type", EVENT_TYPES)
+@pytest.mark.parametrize("full", [False, True])
+def test_the_compiled_to_wire_gives_the_generic_result(event_type: str, full: bool) -> None:
+    event = make_event(event_type, full=full)
+    assert CODEC.schemas.current(event_type).to_wire(event.payload) == _to_wire(event.payload)
