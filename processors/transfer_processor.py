@@ -458,10 +458,9 @@ class TransferProcessor:
             batches = [requests] if lane.batches else [[request] for request in requests]
             for batch in batches:
                 crash_point("after_submit")
-                if logger.isEnabledFor(logging.DEBUG):  # the ledger has the attempt; its outcome is logged
-                    for request in batch:
-                        with payout_context(self.book.get(request.payout_id), attempt=request.attempt):
-                            logger.debug("paying %s through %s (attempt %d)", request.amount, name, request.attempt)
+                for request in batch:
+                    with payout_context(self.book.get(request.payout_id), attempt=request.attempt):
+                        logger.info("paying %s through %s (attempt %d)", request.amount, name, request.attempt)
                 with payout_context(self.book.get(batch[0].payout_id) if len(batch) == 1 else None):
                     lane.submit(batch)
         self._scheduled_at = time.monotonic()
