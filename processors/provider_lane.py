@@ -125,6 +125,9 @@ class ProviderLane:
     def _run(self, requests: list[TransferRequest], mode: str) -> None:
         try:
             self._bucket.acquire(self._cost(requests[0], mode) if self._cost and len(requests) == 1 else 1)
+            if mode == "submit" and len(requests) == 1:  # here, not in the processor's loop: a log write there
+                request = requests[0]  # (a system call, the interpreter lock given up) stalls every payout
+                logger.info("paying %s through %s (attempt %d)", request.amount, self.name, request.attempt)
             started = time.monotonic()
             if mode == "submit":
                 if len(requests) > 1:

@@ -458,10 +458,12 @@ class TransferProcessor:
             batches = [requests] if lane.batches else [[request] for request in requests]
             for batch in batches:
                 crash_point("after_submit")
-                for request in batch:
-                    with payout_context(self.book.get(request.payout_id), attempt=request.attempt):
-                        logger.info("paying %s through %s (attempt %d)", request.amount, name, request.attempt)
-                with payout_context(self.book.get(batch[0].payout_id) if len(batch) == 1 else None):
+                if len(batch) > 1:  # (one payment: the lane's thread says so as it calls, in the payout's context)
+                    for request in batch:
+                        with payout_context(self.book.get(request.payout_id), attempt=request.attempt):
+                            logger.info("paying %s through %s (attempt %d)", request.amount, name, request.attempt)
+                with payout_context(self.book.get(batch[0].payout_id) if len(batch) == 1 else None,
+                                    **({"attempt": batch[0].attempt} if len(batch) == 1 else {})):
                     lane.submit(batch)
         self._scheduled_at = time.monotonic()
         self._schedule_cost = self._scheduled_at - mono
