@@ -1,4 +1,4 @@
-"""The measured phases of bench/run_all.py: (b) append, (c) end to end, (d) payouts, (e) rebuild.
+"""The measured phases of bench/run_all.py: (b) append, (c) end to end, (e) rebuild ((d) payouts: bench_payouts.py).
 
 Every wait is bounded: a phase that does not finish by its deadline, or whose worker process died,
 raises BenchFailure naming the phase, how far it got, and the worker's last log lines.
