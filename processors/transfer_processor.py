@@ -79,6 +79,7 @@ BUSY_WAIT_S = 0.005  # longest wait for records while calls run: their results a
 IDLE_WAIT_S = 0.05
 SCHEDULE_EVERY_S = 0.01  # a pass over the open payouts at most this often while records or results arrive
 IDLE_SCHEDULE_S = 0.2  # and at least this often (due retries, quick retries, polls)
+HOUSEKEEPING_S = 0.02  # ledger.commands' position and the producer's delivery reports, at most this often
 GIL_SWITCH_S = 0.001  # while it runs: a lane thread with an answer waits at most this long for the loop to yield
 QUICK_RETRY_FIRST_S = 0.5  # Stripe's SDK: 0.5 s, doubling, at most 5 s
 QUICK_RETRY_MAX_S = 5.0
@@ -152,6 +153,7 @@ class TransferProcessor:
         self._quick_tries: dict[tuple[str, int], int] = {}  # attempt -> quick retries made after no answer
         self._scheduled_at = 0.0
         self._schedule_cost = 0.0  # seconds the last pass took
+        self._housekeeping: dict[str, float] = {}
         self._method_lanes: dict[str, ProviderLane | None] = {}
         self._order: list[str] = []  # the open payouts, oldest request first (rebuilt when one is added)
         self._order_stale = True
@@ -223,8 +225,8 @@ class TransferProcessor:
                     else:
                         self._checkpoint_if_due()
                     continue
-                if self._commands is not None:  # only its position matters now: what this process sent is known
-                    self._cadence_folded(len(self._commands.poll(0)))
+                if self._commands is not None and self._now_and_then("commands"):
+                    self._cadence_folded(len(self._commands.poll(0)))  # only its position matters now
                 changed = self._drain_results()
                 if self._schedule_due(bool(messages) or changed) and self._schedule():
                     changed = True
@@ -255,6 +257,16 @@ class TransferProcessor:
         for lane in self.lanes.values():
             lane.shutdown()
         self._flush()
+
+    def _now_and_then(self, what: str) -> bool:
+        """True at most every HOUSEKEEPING_S per `what`: a call into librdkafka gives up the interpreter lock, and
+        getting it back waits for the lane threads; reading ledger.commands' position and delivery reports can
+        wait that long."""
+        now = time.monotonic()
+        if now - self._housekeeping.get(what, 0.0) < HOUSEKEEPING_S:
+            return False
+        self._housekeeping[what] = now
+        return True
 
     def _live_wait(self) -> float:
         """How long the next poll for records may wait: not at all with results waiting, briefly while calls run."""
@@ -779,6 +791,8 @@ class TransferProcessor:
     def _serve_producer(self) -> None:
         """Delivery reports of what was sent; a record the broker refused stops the process (a restart asks the
         provider again rather than guess)."""
+        if not self._now_and_then("producer"):
+            return
         self._producer.poll(0)
         if self._tracker.errors:
             raise DeliveryFailed(f"{len(self._tracker.errors)} records to {self.settings.topic_commands} refused: "
