@@ -6,8 +6,12 @@ Pipelined: the processor hands a lane up to `capacity` calls (its concurrency pl
 again), and a pool thread that finishes a call takes the next queued one at once, without waiting for
 the processor's loop. A thread is held only for the call itself (and its turn in the token bucket);
 what comes before (recording the attempt, waiting for it to be chained) and after (recording the
-outcome) happens in the processor's loop while the next calls run. Queued calls that have not started
-are withdrawn when the circuit opens (`cancel_queued`): they never reached the provider.
+outcome) happens in the processor's loop while the next calls run.
+
+The circuit breaker hears every answer (but a poll's) in the lane's thread, as soon as it comes, so a
+queued call never starts after the failure that opened the circuit: it is reported `withdrawn`
+instead, and so are the queued calls the processor takes back when it sees the circuit open
+(`cancel_queued`). A withdrawn call never reached the provider.
 
 Calls run in the pool inside a copy of the submitting context (contextvars do not cross into pool
 threads by themselves), so a connector's log lines carry the payout's ids (runtime/logs.py)."""
@@ -65,6 +69,7 @@ class CallResult:
     mode: str  # submit | resolve | poll
     result: TransferResult | None  # None: the provider never saw it (resolve/poll), or the call raised
     error: str = ""
+    withdrawn: bool = False  # not made: the circuit opened after it was handed over
 
 
 class ProviderLane:
@@ -124,6 +129,11 @@ class ProviderLane:
 
     def _run(self, requests: list[TransferRequest], mode: str) -> None:
         try:
+            if mode != "poll" and self.breaker.is_open():  # it opened after this call was handed over
+                for request in requests:
+                    self._results.put(CallResult(self.name, request.payout_id, request.attempt, mode, None,
+                                                 withdrawn=True))
+                return
             self._bucket.acquire(self._cost(requests[0], mode) if self._cost and len(requests) == 1 else 1)
             if mode == "submit" and len(requests) == 1:  # here, not in the processor's loop: a log write there
                 request = requests[0]  # (a system call, the interpreter lock given up) stalls every payout
@@ -140,10 +150,17 @@ class ProviderLane:
         except Exception as exc:  # a connector bug: the outcome is unknown, so it is looked up later
             logger.exception("%s %s raised: the outcome is unknown and is looked up later", self.name, mode)
             for request in requests:
+                if mode != "poll":
+                    self.breaker.record_failure(True)
                 self._results.put(CallResult(self.name, request.payout_id, request.attempt, mode, None,
                                              f"{type(exc).__name__}: {exc}"))
             return
         for request, result in zip(requests, results):
+            if mode != "poll":  # the breaker hears every answer (a half-open trial must always end)
+                if result is not None and result.outcome is Outcome.FAILED:
+                    self.breaker.record_failure(result.retryable)
+                else:
+                    self.breaker.record_success()
             self._results.put(CallResult(self.name, request.payout_id, request.attempt, mode, result))
 
     def shutdown(self) -> None:

@@ -628,15 +628,12 @@ class TransferProcessor:
 
     def _on_result(self, call: CallResult) -> None:
         lane = self.lanes[call.provider]
-        result = call.result
-        if call.mode != "poll":  # the breaker hears every answer (a half-open trial must always end)
-            if call.error or (result is not None and result.outcome is Outcome.FAILED):
-                was_open = lane.breaker.state is BreakerState.OPEN
-                lane.breaker.record_failure(bool(call.error) or result.retryable)
-                if not was_open and lane.breaker.state is BreakerState.OPEN:
-                    self._withdraw_queued(lane)
-            else:
-                lane.breaker.record_success()
+        result = call.result  # (the lane's thread has told the breaker)
+        if call.withdrawn:
+            self._withdrawn(lane, [(call.payout_id, call.attempt, call.mode)])
+            return
+        if lane.breaker.is_open():
+            self._withdrawn(lane, lane.cancel_queued())
         payout = self.book.get(call.payout_id)
         if payout is None or payout.status.terminal:
             return  # settled or failed meanwhile (a webhook, an operator)
@@ -719,17 +716,16 @@ class TransferProcessor:
                        "sent again under the same key" if again else "a lookup first")
         return True
 
-    def _withdraw_queued(self, lane: ProviderLane) -> None:
-        """The circuit opened: calls handed to the lane that have not started never reach the provider. Each is
-        made again as it was once calls go through (a payment directly: nothing can exist under its key)."""
-        withdrawn = lane.cancel_queued()
+    def _withdrawn(self, lane: ProviderLane, withdrawn: list[tuple[str, int, str]]) -> None:
+        """Calls the lane did not make (the circuit opened after they were handed over) never reached the provider.
+        Each is made again as it was once calls go through (a payment directly: nothing exists under its key)."""
         for payout_id, attempt, mode in withdrawn:
             if mode == "submit":
                 self._cleared.add((payout_id, attempt))
             elif mode == "poll":
                 self._last_poll.pop(payout_id, None)
         if withdrawn:
-            logger.warning("%s circuit open: %d queued calls withdrawn before reaching it", lane.name, len(withdrawn))
+            logger.info("%s circuit open: %d calls withdrawn before reaching it", lane.name, len(withdrawn))
 
     def _retry_or_give_up(self, payout: Payout, attempt: int, provider: str, reason_code: str, message: str,
                           retry_after_s: float | None, now: datetime, *, record_failure: bool) -> None:

@@ -118,3 +118,33 @@ def test_queued_calls_behind_the_running_ones_are_withdrawn_before_they_start():
     lane.shutdown()
     assert answered == ["po-0", "po-1"] and sorted(connector.started) == ["po-0", "po-1"]
     assert results.empty()
+
+
+class Failing:
+    """Every call fails retryably (the provider is down); counts the calls that reached it."""
+
+    name = "failing"
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    def submit(self, request: TransferRequest) -> TransferResult:
+        self.calls += 1
+        return TransferResult(Outcome.FAILED, reason_code="provider_error", retryable=True)
+
+    def lookup(self, request: TransferRequest) -> TransferResult | None:
+        return None
+
+
+def test_a_queued_call_never_starts_after_the_failure_that_opened_the_circuit():
+    connector, results = Failing(), queue.Queue()
+    breaker = CircuitBreaker(lambda: datetime.now(timezone.utc), failure_threshold=1, cooldown_s=300.0)
+    lane = ProviderLane(connector, concurrency=1, rate_per_s=1000.0, window=100, results=results, breaker=breaker)
+    for i in range(3):  # one running, two queued behind it: all handed over while the circuit was closed
+        lane.submit([payment(i)])
+    answers = [results.get(timeout=10) for _ in range(3)]
+    lane.shutdown()
+    # the first failure opens the circuit (threshold 1) before the thread takes the next call, which does not start
+    assert breaker.state.value == "open" and connector.calls == 1
+    assert [(a.payout_id, a.withdrawn, a.result is None) for a in answers] == [
+        ("po-0", False, False), ("po-1", True, True), ("po-2", True, True)]
