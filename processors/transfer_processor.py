@@ -26,7 +26,9 @@ as due times folded from PayoutRetryScheduled events, without blocking other pay
 left no answer (connection reset or refused, a timeout, the key still in use: QUICK_RETRY_CODES) first
 gets settings.provider_quick_retries quick retries of the same attempt under the same key, 0.5 s
 doubling up to 5 s apart, as Stripe's SDK does: the call again where the provider replays a request by
-its key (REPLAYS_BY_KEY), otherwise a lookup first. Each provider has its own lane: circuit breaker,
+its key (REPLAYS_BY_KEY), otherwise a lookup first. They are made here, for every provider, rather than
+by the SDK's max_network_retries, which would hold a lane's thread through each wait, retry replayed 500s
+too, and keep the circuit breaker from hearing the failures. Each provider has its own lane: circuit breaker,
 bounded concurrency and call rate (processors/provider_lane.py, limits from runtime/providers.py).
 
 Pipelined: the loop records attempts ahead (up to the lane's window), hands the lane its next calls
