@@ -11,7 +11,7 @@ import statistics
 import time
 from dataclasses import dataclass
 
-from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, TopicPartition
+from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 
 from processors.kafka_io import CLIENT_LOG, topic_partitions
 from processors.log_end import end_offsets
