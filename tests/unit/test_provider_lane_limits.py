@@ -18,19 +18,9 @@ from ledger.money import Money
 from processors.provider_lane import ProviderLane, TokenBucket
 from runtime.providers import LaneLimits, lane_limits
 from runtime.settings import Settings
+from tests.unit.test_provider_lane import FakeTime
 
 
-class FakeTime:
-    def __init__(self) -> None:
-        self.now = 0.0
-        self.slept: list[float] = []
-
-    def monotonic(self) -> float:
-        return self.now
-
-    def sleep(self, seconds: float) -> None:
-        self.slept.append(seconds)
-        self.now += seconds
 
 
 def stripe(key: str = "sk_test_x") -> StripeConnector:
