@@ -61,7 +61,7 @@ class KnownSchema:
     canonical: str
     fingerprint: bytes  # 8 bytes, little-endian CRC-64-AVRO
     fast: Any = None  # the same schema parsed with fastavro's write hint: no re-parse on each call
-    check: Any = None  # compiled fast check of a value (ledger/codec_compiled.py); None: always the full check
+    check: Any = None  # compiled yes/no check of a value (ledger/codec_compiled.py); on a no, _check_payload
     from_wire: Any = None  # compiled _from_wire for this schema as the reader
     to_wire: Any = None  # compiled _to_wire of a checked payload of this schema
 
@@ -304,6 +304,8 @@ def _check_payload(value: Any, schema: Any, path: str, named: dict[str, Any]) ->
         _check_primitive(value, kind, path, schema.get("logicalType"))
 
 
+# _to_wire and _from_wire are the generic definitions; the codec runs their compiled forms
+# (ledger/codec_compiled.py), and tests/unit/test_codec_compiled.py checks the two agree.
 def _to_wire(value: Any) -> Any:
     if isinstance(value, Money):
         return {

@@ -7,10 +7,10 @@ EVENT_TYPES and the Envelope here match them.
 from __future__ import annotations
 
 import uuid
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from types import MappingProxyType
-from collections.abc import Mapping
 from typing import Any
 
 from ledger.guards import require

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import io
 from pathlib import Path
 
 import sqlalchemy
@@ -105,9 +107,6 @@ def copy_rows(connection: sqlalchemy.Connection, table: str, columns: tuple[str,
     the caller's own (never input): they are quoted as given."""
     if not rows:
         return 0
-    import hashlib
-    import io
-
     names = ", ".join(f'"{name}"' for name in columns)
     data = io.StringIO("".join("\t".join(map(copy_text, row)) + "\n" for row in rows))
     cursor = connection.connection.driver_connection.cursor()
