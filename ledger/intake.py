@@ -14,9 +14,9 @@ import hashlib
 import json
 import re
 import uuid
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
-from collections.abc import Mapping
 from types import MappingProxyType
 from typing import Any, Literal
 
