@@ -8,9 +8,10 @@ import click
 
 from commands.output import metrics_port_option, standby_option, console, emit_json, start_logging
 from processors.sequencer import Sequencer, logger
+from processors.sequencer_instances import PartitionedSequencer
 from runtime.metrics import start_metrics_server
 from runtime.settings import Settings
-from runtime.single_instance import single_instance
+from runtime.single_instance import AlreadyRunning, single_instance
 from runtime.stack import connections
 
 
@@ -18,23 +19,41 @@ from runtime.stack import connections
 @click.option("--idle-exit", type=click.FloatRange(min=0.1), default=None,
               help="Exit after this many seconds without input (default: run until SIGTERM/Ctrl-C).")
 @click.option("--json", "as_json", is_flag=True, help="Print the final counts as JSON.")
+@click.option("--partitioned", is_flag=True,
+              help="Share the partitions with every other `ledger sequencer --partitioned` of this ledger: each "
+                   "instance sequences the partitions it holds a lease on (LEDGER_PARTITION_LEASE_S), and takes "
+                   "over those of an instance that stops or dies.")
 @metrics_port_option
 @standby_option
-def sequencer(idle_exit: float | None, as_json: bool, metrics_port: int | None, standby: bool) -> None:
+def sequencer(idle_exit: float | None, as_json: bool, partitioned: bool, metrics_port: int | None,
+              standby: bool) -> None:
     """Validate, deduplicate and sequence incoming records into ledger.events; refuse the rest to ledger.dlq.
 
-    Rebuilds its state from ledger.events at start. Only one sequencer may run per ledger.
+    Rebuilds its state from ledger.events at start (from its checkpoint when one proves). Without
+    --partitioned only one sequencer may run per ledger (--standby waits to take over); with it, any
+    number run side by side, each owning some partitions.
     """
     settings = Settings()
     start_logging(settings, "sequencer", as_json)
     start_metrics_server(metrics_port)
     bootstrap, database_url = connections(settings)
-    with single_instance(database_url, f"sequencer:{settings.topic_events}", standby=standby):
-        worker = Sequencer(settings, bootstrap, database_url=database_url)
-        worker.rebuild()
-        logger.info("reading %s -> %s (rejects -> %s)", settings.topic_incoming, settings.topic_events,
-                    settings.topic_dlq)
-        stats = worker.run(idle_exit_s=idle_exit)
+    lock = f"sequencer:{settings.topic_events}"
+    if partitioned:
+        if standby:
+            raise click.UsageError("--standby is for a single sequencer; partitioned instances take over by themselves")
+        try:
+            with single_instance(database_url, lock, shared=True):
+                worker = PartitionedSequencer(settings, bootstrap, database_url)
+                stats = worker.run(idle_exit_s=idle_exit)
+        except (AlreadyRunning, ValueError) as exc:
+            raise click.ClickException(str(exc)) from None
+    else:
+        with single_instance(database_url, lock, standby=standby):
+            single = Sequencer(settings, bootstrap, database_url=database_url)
+            single.rebuild()
+            logger.info("reading %s -> %s (rejects -> %s)", settings.topic_incoming, settings.topic_events,
+                        settings.topic_dlq)
+            stats = single.run(idle_exit_s=idle_exit)
     if as_json:
         emit_json(asdict(stats))
     else:

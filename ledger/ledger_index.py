@@ -174,6 +174,15 @@ class LedgerIndex:
                 self.payouts.restore(payout, None)
             self._asked.update(f"o:{pid}" for pid in wanted)
 
+    def is_recorded(self, key: str) -> bool:
+        """Whether this dedupe key is recorded (here, in the backing, or as noted by recorded_elsewhere)."""
+        return self._recorded_as(key) is not None
+
+    def recorded_elsewhere(self, found: Mapping[str, tuple[str, str]]) -> None:
+        """Keys (-> event id, content digest) that another part of the ledger holds: verdicts judge against them.
+        Not folded here: take_changes() never hands them to the backing."""
+        self._recorded.update(found)
+
     def _recorded_as(self, key: str) -> tuple[str, str] | None:
         self._fetch_recorded({key})
         return self._recorded.get(key)

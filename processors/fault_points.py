@@ -39,3 +39,19 @@ def poison_point(value: bytes | None) -> None:
         _POISON = os.environ.get("LEDGER_FAULT_POISON", "").encode()
     if _POISON and value and _POISON in value:
         os.kill(os.getpid(), signal.SIGKILL)
+
+
+_PAUSE: bytes | None = None
+_PAUSED = False
+
+
+def pause_point(value: bytes | None) -> None:
+    """With LEDGER_FAULT_PAUSE=<text>, SIGSTOP this process (once) when it handles a record containing <text>:
+    a process frozen mid-batch, as a long GC pause or a VM migration freezes it, resumed by the test with
+    SIGCONT after another instance took its partitions over (the fencing test)."""
+    global _PAUSE, _PAUSED
+    if _PAUSE is None:
+        _PAUSE = os.environ.get("LEDGER_FAULT_PAUSE", "").encode()
+    if _PAUSE and not _PAUSED and value and _PAUSE in value:
+        _PAUSED = True
+        os.kill(os.getpid(), signal.SIGSTOP)

@@ -15,7 +15,7 @@ import logging
 import signal
 import threading
 import time
-from typing import Any, Iterable, Iterator, Mapping
+from typing import Any, Collection, Iterable, Iterator, Mapping
 
 from confluent_kafka import OFFSET_STORED, Consumer, KafkaError, KafkaException, TopicPartition
 
@@ -48,10 +48,12 @@ class LogReader:
 
     def __init__(self, bootstrap: str, processor: str, starts: Mapping[str, Mapping[int, int] | None], *,
                  group_id: str | None = None, batch_max: int = 1000, wait_s: float = 0.2,
-                 proofs: Proofs | None = None, config: Mapping[str, Any] | None = None) -> None:
+                 proofs: Proofs | None = None, config: Mapping[str, Any] | None = None,
+                 only: Mapping[str, Collection[int]] | None = None) -> None:
         """`starts`: per topic, the next offset per partition; None for a topic read from the group's
         committed offsets (OFFSET_STORED, then the beginning). `proofs`: the hashes known for the start
-        positions (a checkpoint's), carried over for partitions that get no new record."""
+        positions (a checkpoint's), carried over for partitions that get no new record. `only`: for the
+        topics it names, the partitions to read (a processor instance that owns some of them)."""
         self.bootstrap, self.processor = bootstrap, processor
         self.batch_max, self.wait_s = batch_max, wait_s
         self.topics = tuple(starts)
@@ -59,6 +61,8 @@ class LogReader:
         self._next: dict[tuple[str, int], int] = {}
         for topic, parts in starts.items():
             for partition in topic_partitions(bootstrap, topic):
+                if only is not None and topic in only and partition not in only[topic]:
+                    continue
                 if parts is None:
                     assignment.append(TopicPartition(topic, partition, OFFSET_STORED))
                 else:

@@ -23,20 +23,23 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Callable
 
-from confluent_kafka import OFFSET_STORED, Consumer, KafkaException, TopicPartition
+from confluent_kafka import OFFSET_STORED, Consumer, KafkaException, Producer, TopicPartition
 from sqlalchemy.exc import SQLAlchemyError
 
 from ledger.codec import EventCodec
 from ledger.events import Event
 from ledger.guards import InvariantViolation
 from ledger.intake import shown
-from ledger.ledger_index import LedgerIndex
+from ledger.ledger_index import DEDUPE_FIELDS, LedgerIndex, content_digest, dedupe_key
 from processors.checkpoints import Cadence, CheckpointStore, Positions, Resume, announce, record_hash, resume
 from processors.dead_letters import parse_entry
-from processors.fault_points import crash_point, poison_point
+from processors.fault_points import crash_point, pause_point, poison_point
 from processors.kafka_io import CLIENT_LOG, ConsumerLag, DeliveryFailed, Record, topic_partitions
 from processors.ledger_replay import REPLAY_TIMEOUT_S, CorruptLedger, decode_event
 from processors.log_reader import LogReader
+from processors.partition_fence import EPOCH_HEADER, PartitionFence
+from processors.partitioning import partition_for
+from processors.sequencer_claims import ClaimStore
 from processors.sequencer_index_store import PostgresIndexBacking
 from processors.sequencer_input import Rejected, interpret, interpret_command
 from processors.sequencer_outputs import BatchOutputs, make_output_producer
@@ -49,6 +52,7 @@ from runtime.settings import Settings
 Clock = Callable[[], datetime]
 SOURCE_HEADER = "ledger-source"
 CHECKPOINT_NAME = "sequencer"
+HOME_CACHE_MAX = 100_000  # keys whose partition is remembered (cleared when full: bounded memory)
 STATE_FORMAT = 1  # bump when IndexState, ChainHead or Payout change shape: older checkpoints are then replayed
 logger = logging.getLogger("ledger.sequencer")
 
@@ -66,6 +70,7 @@ class SequencerStats:
     waiting: int = 0  # refunds that had to wait for their payment (chained or dead-lettered later)
     poison: int = 0
     batches: int = 0
+    rerouted: int = 0  # partitioned mode: records sent to the partition their key belongs to
     rebuilt_events: int = 0
     rebuild_s: float = 0.0
     by_reason: dict[str, int] = field(default_factory=dict)
@@ -78,13 +83,36 @@ INFRASTRUCTURE_ERRORS = (KafkaException, BufferError, DeliveryFailed, SQLAlchemy
 Source = tuple[str, int, int]
 
 
+def good_records(messages: list) -> list[Record]:
+    """The records of a consume() batch; a fatal client error raises, a transient one is logged (librdkafka retries)."""
+    records = []
+    for message in messages:
+        error = message.error()
+        if error is None:
+            records.append(Record(message.topic(), message.partition(), message.offset(), message.key(),
+                                  message.value(), tuple(message.headers() or ())))
+        elif error.fatal():
+            raise KafkaException(error)
+        else:
+            logger.warning("consumer: %s", error.str())
+    return records
+
+
 class Sequencer:
     """One sequencer for all partitions of payments.incoming (see docs/decisions.md §12 for scale-out)."""
 
     def __init__(self, settings: Settings, bootstrap: str, *, database_url: str | None = None,
                  codec: EventCodec | None = None, clock: Clock = utc_now,
-                 log: Callable[[str], None] | None = None) -> None:
+                 log: Callable[[str], None] | None = None, partition: int | None = None,
+                 fence: PartitionFence | None = None, producer: Producer | None = None) -> None:
+        """partition=None: one sequencer for every partition. With a partition (and its fence), one partition of
+        a partitioned instance (processors/sequencer_instances.py): its own chains, checkpoint and waiting
+        refunds, ledger-wide dedupe through claims, and every write checked against the partition's lease."""
         self.settings = settings
+        self.partition = partition
+        self.fence = fence
+        self.claims = ClaimStore(partition) if partition is not None else None
+        self._epoch_header = f"{partition}:{fence.epoch}".encode() if fence is not None else b""
         self.bootstrap = bootstrap
         self.codec = codec or EventCodec()
         self.clock = clock
@@ -97,9 +125,11 @@ class Sequencer:
         if not database_url:
             raise ValueError("the sequencer needs PostgreSQL (LEDGER_DATABASE_URL or `ledger up`): it keeps "
                              "refunds waiting for their payment and its run marker there")
-        self.store = SequencerStore(database_url, f"{settings.sequencer_group}:{settings.topic_incoming}")
+        suffix = "" if partition is None else f":p{partition}"
+        self.checkpoint_name = CHECKPOINT_NAME + suffix
+        self.store = SequencerStore(database_url, f"{settings.sequencer_group}:{settings.topic_incoming}{suffix}")
         self.waiting = WaitingRoom(settings.sequencer_wait_s, settings.sequencer_wait_max_records)
-        self._producer = make_output_producer(bootstrap)
+        self._producer = producer or make_output_producer(bootstrap)
         self.cadence = Cadence(settings.checkpoint_every_events, settings.checkpoint_every_s)
         self._positions: Positions = {}  # ledger.events and ledger.dlq: the next offset the state covers
         self._carried: dict[str, dict[int, str]] = {}  # proofs of positions not moved since the last checkpoint
@@ -108,6 +138,8 @@ class Sequencer:
         self._prepared: dict[Source, Event | Exception] = {}
         self._appending = False  # between index.append and its produce: an error there is never the record's
         self._appended_types: dict[str, int] = {}  # events appended in this batch, per type (metrics)
+        self._claimed: set[str] = set()  # partitioned mode: keys claimed in this batch and not chained yet
+        self._home: dict[bytes, int] = {}  # partitioned mode: key -> its partition (bounded cache)
 
     def stop(self) -> None:
         self._stop.set()
@@ -118,7 +150,7 @@ class Sequencer:
         refunds still waiting for their payment."""
         started = time.monotonic()
         engine = self.store.engine
-        self.checkpoints = CheckpointStore(engine, CHECKPOINT_NAME, STATE_FORMAT)
+        self.checkpoints = CheckpointStore(engine, self.checkpoint_name, STATE_FORMAT)
         self.backing = PostgresIndexBacking(engine)
         resumed = resume(self.bootstrap, self.checkpoints, self.log,
                          topics=(self.settings.topic_events, self.settings.topic_dlq))
@@ -131,7 +163,7 @@ class Sequencer:
             # (a log rebuilt in another order) means the checkpoint is not of this log after all
             reason = f"the log after the checkpoint does not continue its chains ({exc})"
             self.log(f"full replay: {reason}")
-            metrics.FULL_REPLAYS.labels(CHECKPOINT_NAME, "chain").inc()
+            metrics.FULL_REPLAYS.labels(self.checkpoint_name, "chain").inc()
             resumed = Resume(None, reason, "chain")
             self.cadence.written()
             tail = self._read_log(resumed)
@@ -140,7 +172,7 @@ class Sequencer:
             self.waiting.add(item)
         self.stats.rebuilt_events = tail
         self.stats.rebuild_s = time.monotonic() - started
-        announce(CHECKPOINT_NAME, resumed, tail, self.stats.rebuild_s, self.log)
+        announce(self.checkpoint_name, resumed, tail, self.stats.rebuild_s, self.log)
         self.log(f"{len(self.index.chain.heads)} payee chains, {len(self._dead_sources)} dead letters of uncommitted "
                  f"inputs and {len(self.waiting)} waiting refunds")
 
@@ -150,14 +182,19 @@ class Sequencer:
         state = resumed.checkpoint.state if resumed.checkpoint else None
         if state is None:
             with engine.begin() as connection:  # nothing folded before is trusted
-                self.backing.clear(connection)
+                if self.fence is not None:
+                    self.fence.guard(connection)
+                if self.partition is None:
+                    self.backing.clear(connection)
+                # else: other partitions' rows stay; this partition's are written again (ON CONFLICT) as it replays
                 self.checkpoints.clear(connection)
         self.index = LedgerIndex(self.codec.encode, self.backing, state["index"] if state else None)
         dead: set[Source] = set(state["dead"]) if state else set()
         events_topic, dlq_topic = self.settings.topic_events, self.settings.topic_dlq
+        only = None if self.partition is None else {events_topic: {self.partition}}
         reader = LogReader(self.bootstrap, "sequencer-rebuild", {
             topic: resumed.start(topic, topic_partitions(self.bootstrap, topic)) for topic in (events_topic, dlq_topic)},
-            proofs=resumed.checkpoint.proofs if resumed.checkpoint else None, batch_max=2000)
+            proofs=resumed.checkpoint.proofs if resumed.checkpoint else None, batch_max=2000, only=only)
         tail = 0
         try:
             for messages in reader.batches_to_end(REPLAY_TIMEOUT_S):
@@ -166,7 +203,8 @@ class Sequencer:
                     if message.topic() == dlq_topic:
                         entry = parse_entry(Record(message.topic(), message.partition(), message.offset(),
                                                    message.key(), message.value(), tuple(message.headers() or ())))
-                        dead.add(entry.source)
+                        if self.partition is None or entry.source[1] == self.partition:
+                            dead.add(entry.source)
                 tail += len(messages)
                 self.cadence.folded(folded)
                 if self.cadence.pending >= self.settings.checkpoint_every_events:  # bounded memory in a long replay
@@ -217,12 +255,16 @@ class Sequencer:
         self._carried, self._last = proofs, {}
         state = {"index": self.index.state(), "dead": sorted(dead)}
         with self.store.engine.begin() as connection:
+            if self.fence is not None:
+                self.fence.guard(connection)
             self.backing.store(connection, changes)
+            if self.claims is not None:
+                self.claims.settle(connection)
             crash_point("sequencer_checkpoint_before_commit")
             self.checkpoints.write(connection, self._positions, proofs, state, self.index.events)
         crash_point("sequencer_checkpoint_after_commit")
         self.cadence.written()
-        metrics.CHECKPOINT_AGE.labels(CHECKPOINT_NAME).set(0)
+        metrics.CHECKPOINT_AGE.labels(self.checkpoint_name).set(0)
         logger.debug("checkpoint written: %d ids, %d payments, %d finished payouts", len(changes.recorded),
                      len(changes.payments), len(changes.finished_payouts))
 
@@ -237,23 +279,7 @@ class Sequencer:
         if handle_signals:
             for signum in (signal.SIGTERM, signal.SIGINT):
                 signal.signal(signum, lambda *_: self.stop())
-        if self.index is None:
-            self.rebuild()
-        marker = self.store.start_run()
-        careful_left = self.settings.sequencer_batch_max if marker.running else 0
-        if marker.running:
-            where = ":".join(map(str, marker.source)) if marker.source else "none"
-            self.log(f"the last run did not stop cleanly: the next {careful_left} records are processed one at a "
-                     f"time (record processed alone when it stopped: {where}, deaths on it: {marker.attempts})")
-        consumer = Consumer({
-            "bootstrap.servers": self.bootstrap,
-            "group.id": self.settings.sequencer_group,
-            "enable.auto.commit": False,
-            "enable.auto.offset.store": False,
-            "auto.offset.reset": "earliest",
-            "fetch.wait.max.ms": 20,  # librdkafka's 500 ms default: a record arriving at a waiting fetch waited too
-            "logger": CLIENT_LOG,
-        })
+        consumer = self.make_consumer(self.bootstrap, self.settings)
         topics = (self.settings.topic_incoming, self.settings.topic_commands)
         lag = ConsumerLag("sequencer", topics)
         consumer.assign([TopicPartition(topic, partition, OFFSET_STORED)
@@ -261,33 +287,21 @@ class Sequencer:
         last_input = time.monotonic()
         clean = False
         try:
-            self._process_batch(consumer, [], retry=self._known_payments())  # refunds whose payment came meanwhile
+            self.begin(consumer)
             while not self._stop.is_set():
                 messages = consumer.consume(self.settings.sequencer_batch_max,
                                             self.settings.sequencer_batch_wait_ms / 1000)
                 lag.observe_batch(messages)
                 if len(messages) < self.settings.sequencer_batch_max:  # the poll drained what there was
                     lag.caught_up(set(topics) - {message.topic() for message in messages})
-                records = [self._record(message) for message in messages if message.error() is None]
-                for message in messages:
-                    if message.error() is not None:
-                        if message.error().fatal():
-                            raise KafkaException(message.error())
-                        logger.warning("consumer: %s", message.error().str())  # transient: librdkafka retries
-                while records and careful_left:
-                    record, records = records[0], records[1:]
-                    self._process_alone(consumer, record, marker)
-                    careful_left -= 1
-                    if not careful_left:
-                        self.store.mark_alone(None, 0)
+                records = good_records(messages)
                 if records:
-                    self._process_batch(consumer, records)
+                    self.process(consumer, records)
                 if messages:
                     last_input = time.monotonic()
-                elif len(self.waiting):
-                    self._process_batch(consumer, [])  # dead-letters the refunds that waited too long
-                if self.cadence.due():
-                    self._checkpoint(self._dead_sources)
+                else:
+                    self.idle(consumer)
+                self.tick()
                 if not messages and idle_exit_s is not None and time.monotonic() - last_input >= idle_exit_s:
                     break
             clean = True
@@ -296,12 +310,63 @@ class Sequencer:
             raise
         finally:
             consumer.close()
+            self.finish(clean)
+        return self.stats
+
+    @staticmethod
+    def make_consumer(bootstrap: str, settings: Settings) -> Consumer:
+        return Consumer({
+            "bootstrap.servers": bootstrap,
+            "group.id": settings.sequencer_group,
+            "enable.auto.commit": False,
+            "enable.auto.offset.store": False,
+            "auto.offset.reset": "earliest",
+            "fetch.wait.max.ms": 20,  # librdkafka's 500 ms default: a record arriving at a waiting fetch waited too
+            "logger": CLIENT_LOG,
+        })
+
+    def begin(self, consumer: Consumer) -> None:
+        """Before the first batch: rebuild if not yet done, mark the run, judge refunds whose payment came meanwhile."""
+        if self.index is None:
+            self.rebuild()
+        self._marker = self.store.start_run()
+        self._careful_left = self.settings.sequencer_batch_max if self._marker.running else 0
+        if self._marker.running:
+            marker = self._marker
+            where = ":".join(map(str, marker.source)) if marker.source else "none"
+            self.log(f"the last run did not stop cleanly: the next {self._careful_left} records are processed one "
+                     f"at a time (record processed alone when it stopped: {where}, deaths on it: {marker.attempts})")
+        self._process_batch(consumer, [], retry=self._known_payments())
+
+    def process(self, consumer: Consumer, records: list[Record]) -> None:
+        """One polled batch of this sequencer's input records (after an unclean stop, the first one at a time)."""
+        while records and self._careful_left:
+            record, records = records[0], records[1:]
+            self._process_alone(consumer, record, self._marker)
+            self._careful_left -= 1
+            if not self._careful_left:
+                self.store.mark_alone(None, 0)
+        if records:
+            self._process_batch(consumer, records)
+
+    def idle(self, consumer: Consumer) -> None:
+        """A poll found nothing: refunds that waited too long are dead-lettered."""
+        if len(self.waiting):
+            self._process_batch(consumer, [])
+
+    def tick(self) -> None:
+        if self.cadence.due():
+            self._checkpoint(self._dead_sources)
+
+    def finish(self, clean: bool) -> None:
+        """After the last batch: a clean stop writes what is pending and clears the run marker."""
+        try:
             if clean:
                 if self.cadence.pending:
                     self._checkpoint(self._dead_sources)
                 self.store.stop_run()
+        finally:
             self.store.close()
-        return self.stats
 
     def _forget_alone(self) -> None:
         try:
@@ -313,11 +378,6 @@ class Sequencer:
         assert self.index is not None
         known = self.index.knows_payments(list(self.waiting.payments()))
         return [item for payment_id in sorted(known) for item in self.waiting.take_for(payment_id)]
-
-    @staticmethod
-    def _record(message) -> Record:  # noqa: ANN001 - confluent_kafka.Message
-        return Record(message.topic(), message.partition(), message.offset(), message.key(), message.value(),
-                      tuple(message.headers() or ()))
 
     def _process_alone(self, consumer: Consumer, record: Record, marker) -> None:  # noqa: ANN001 - RunMarker
         """One record in its own batch, marked first: if it kills the process, the next start knows which."""
@@ -337,10 +397,13 @@ class Sequencer:
         self._process_batch(consumer, [record])
 
     def _process_batch(self, consumer: Consumer, records: list[Record], retry: list[Waiting] = ()) -> None:
-        outputs = BatchOutputs(self._producer, self.settings.topic_dlq)
+        outputs = BatchOutputs(self._producer, self.settings.topic_dlq,
+                               check_lease=self.fence.check if self.fence is not None else None)
         parked: dict[Source, Waiting] = {}
         done: list[Source] = []  # waiting refunds chained or dead-lettered in this batch
         self._prepare(records, retry)
+        if self.claims is not None:
+            self._claim_batch()
         for item in retry:
             self._handle(item.record, outputs, parked, done, waited=True)
         for record in records:
@@ -350,6 +413,8 @@ class Sequencer:
                                         f"({self.settings.sequencer_wait_s} s)", done)
         # Outputs first, then the durable waiting list, then the input position: a crash in between only
         # causes reprocessing (duplicates are dropped, a refund parked twice is one row).
+        if self._claimed:
+            self._release_claims()
         if records:
             crash_point("sequencer_before_flush")
         outputs.flush()
@@ -383,6 +448,8 @@ class Sequencer:
         now = self.clock()
         for record in [*(item.record for item in retry), *records]:
             source = (record.topic, record.partition, record.offset)
+            if self._belongs_elsewhere(record) is not None:
+                continue  # rerouted in _handle, never judged here
             try:
                 self._prepared[source] = self._interpret(record, now)
             except Exception as exc:  # noqa: BLE001 - judged again, one at a time, in _handle
@@ -413,8 +480,15 @@ class Sequencer:
             return
         if not waited and self.waiting.holds(source, record.value):
             return  # parked before a crash that came before its commit: it waits already
+        home = self._belongs_elsewhere(record)
+        if home is not None:  # a foreign producer's partitioner placed it here: its payee's chain is elsewhere
+            outputs.reroute(record, home)
+            self.stats.rerouted += 1
+            logger.info("record %s:%s:%s belongs to partition %d (its key's): sent there", *source, home)
+            return
         now = self.clock()
         poison_point(record.value)
+        pause_point(record.value)
         try:
             prepared = self._prepared.pop(source, None)
             if isinstance(prepared, Event):
@@ -449,6 +523,10 @@ class Sequencer:
                parked: dict[Source, Waiting], done: list[Source], waited: bool) -> None:
         assert self.index is not None
         source = (record.topic, record.partition, record.offset)
+        if self.claims is not None and event.event_type in DEDUPE_FIELDS:  # not claimed with its batch (a refund
+            key = dedupe_key(event)                                       # that waited, a record judged alone)
+            if key not in self._claimed and not self.index.is_recorded(key):
+                self._claim({key: (event.envelope.event_id, content_digest(event))})
         verdict = self.index.verdict(event)
         if verdict.status == "duplicate":
             self._settle_waiting(source, waited, done)
@@ -466,8 +544,12 @@ class Sequencer:
         self._settle_waiting(source, waited, done)
         self._appending = True
         sequenced, encoded = self.index.append(event, verdict)
-        outputs.event(self.settings.topic_events, sequenced.payee_id.encode(), encoded,
-                      [(SOURCE_HEADER, f"{record.topic}:{record.partition}:{record.offset}".encode())])
+        if self._claimed:
+            self._claimed.discard(dedupe_key(event))
+        headers = [(SOURCE_HEADER, f"{record.topic}:{record.partition}:{record.offset}".encode())]
+        if self.fence is not None:
+            headers.append((EPOCH_HEADER, self._epoch_header))
+        outputs.event(self.settings.topic_events, sequenced.payee_id.encode(), encoded, headers)
         self._appending = False
         self.stats.appended += 1
         self._appended_types[sequenced.event_type] = self._appended_types.get(sequenced.event_type, 0) + 1
@@ -479,6 +561,46 @@ class Sequencer:
         if sequenced.event_type == "PaymentCompleted":
             for item in self.waiting.take_for(sequenced.payload["payment_id"]):
                 self._handle(item.record, outputs, parked, done, waited=True)
+
+    def _belongs_elsewhere(self, record: Record) -> int | None:
+        """Partitioned mode: the partition a record's key belongs to when it is not this one (else None)."""
+        if self.partition is None or record.key is None:
+            return None
+        home = self._home.get(record.key)
+        if home is None:
+            if len(self._home) >= HOME_CACHE_MAX:
+                self._home.clear()
+            home = self._home[record.key] = partition_for(record.key, self.settings.partitions_events)
+        return None if home == self.partition else home
+
+    def _claim_batch(self) -> None:
+        """Claim, in one round trip, the business ids of the batch that this partition does not know already."""
+        assert self.index is not None
+        candidates: dict[str, tuple[str, str]] = {}
+        for event in self._prepared.values():
+            if isinstance(event, Event) and event.event_type in DEDUPE_FIELDS:
+                key = dedupe_key(event)
+                if key not in candidates and not self.index.is_recorded(key):
+                    candidates[key] = (event.envelope.event_id, content_digest(event))
+        self._claim(candidates)
+
+    def _claim(self, candidates: dict[str, tuple[str, str]]) -> None:
+        assert self.index is not None and self.claims is not None and self.fence is not None
+        if not candidates:
+            return
+        with self.store.engine.begin() as connection:
+            self.fence.guard(connection)
+            foreign = self.claims.claim(connection, candidates)
+        self.index.recorded_elsewhere(foreign)  # judged against the other partition's claim: duplicate or conflict
+        self._claimed.update(key for key in candidates if key not in foreign)
+
+    def _release_claims(self) -> None:
+        """Claims of this batch that were not chained (refused, waiting, duplicates within the batch)."""
+        assert self.claims is not None and self.fence is not None
+        with self.store.engine.begin() as connection:
+            self.fence.guard(connection)
+            self.claims.release(connection, self._claimed)
+        self._claimed.clear()
 
     def _park(self, item: Waiting, outputs: BatchOutputs, parked: dict[Source, Waiting], done: list[Source]) -> None:
         """A refund before its payment: it waits (bounded), and the oldest waiting one may be pushed out."""

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import datetime
+from typing import Callable
 
 from confluent_kafka import KafkaError, KafkaException, Producer
 
@@ -20,11 +21,14 @@ from processors.kafka_io import DeliveryFailed, Record, make_producer
 SIZE_ERRORS = {KafkaError.MSG_SIZE_TOO_LARGE, KafkaError.RECORD_LIST_TOO_LARGE}
 QUEUE_FULL_POLLS = 300  # 30 s of polling at most when the local queue is full
 FLUSH_TIMEOUT_S = 30.0
+REROUTED_HEADER = "ledger-rerouted-from"
 
 
-def make_output_producer(bootstrap: str) -> Producer:
-    """The sequencer's producer: its own size check lets through anything the output topics take."""
-    return make_producer(bootstrap, **{"message.max.bytes": OUTPUT_MESSAGE_MAX_BYTES + 65_536})
+def make_output_producer(bootstrap: str, message_timeout_s: float | None = None) -> Producer:
+    """The sequencer's producer: its own size check lets through anything the output topics take. In partitioned
+    mode a record not stored within message_timeout_s fails (processors/partition_fence.py)."""
+    extra = {} if message_timeout_s is None else {"message.timeout.ms": int(message_timeout_s * 1000)}
+    return make_producer(bootstrap, **{"message.max.bytes": OUTPUT_MESSAGE_MAX_BYTES + 65_536}, **extra)
 
 
 @dataclass
@@ -50,9 +54,17 @@ class BatchOutputs:
     bounded_dead_letters: int = 0  # dead letters that could keep only a prefix of the original
     # per (topic, partition): the offset and value of the last record stored there (a checkpoint's position)
     ends: dict[tuple[str, int], tuple[int, bytes]] = field(default_factory=dict)
+    # partitioned mode: raises (runtime.partition_leases.Fenced) when the partition's lease is too short to produce
+    check_lease: Callable[[], None] | None = None
 
     def event(self, topic: str, key: bytes, value: bytes, headers: list[tuple[str, bytes]]) -> None:
         self._produce(topic, key, value, headers, self._on_event)
+
+    def reroute(self, source: Record, partition: int) -> None:
+        """Send a record placed on the wrong partition to the one its key belongs to, as it came, plus a header
+        naming where it was: the instance that owns that partition chains it."""
+        headers = [*source.headers, (REROUTED_HEADER, f"{source.topic}:{source.partition}:{source.offset}".encode())]
+        self._produce(source.topic, source.key, source.value or b"", headers, self._on_rerouted, partition=partition)
 
     def dead_letter(self, source: Record, stage: str, reason: str, rejected_at: datetime) -> DeadLetterMessage:
         message = dead_letter_message(source, stage, reason, rejected_at, self.dlq_max_bytes)
@@ -77,10 +89,13 @@ class BatchOutputs:
         return _DeadLetterSent(sent.source, sent.stage, sent.reason, sent.rejected_at, message)
 
     def _produce(self, topic: str, key: bytes | None, value: bytes, headers: list[tuple[str, bytes]],
-                 on_delivery) -> None:  # noqa: ANN001 - a delivery callback
+                 on_delivery, partition: int = -1) -> None:  # noqa: ANN001 - a delivery callback
+        if self.check_lease is not None:
+            self.check_lease()
         for _ in range(QUEUE_FULL_POLLS):
             try:
-                self.producer.produce(topic, key=key, value=value, headers=headers, on_delivery=on_delivery)
+                self.producer.produce(topic, key=key, value=value, headers=headers, on_delivery=on_delivery,
+                                      partition=partition)
                 break
             except BufferError:  # the local queue is full: let deliveries drain, then try again
                 self.producer.poll(0.1)
@@ -93,6 +108,12 @@ class BatchOutputs:
         where = (message.topic(), message.partition())
         if message.offset() >= self.ends.get(where, (-1, b""))[0]:
             self.ends[where] = (message.offset(), message.value())
+
+    def _on_rerouted(self, error: KafkaError | None, _message) -> None:  # noqa: ANN001
+        if error is None:
+            self.delivered += 1  # an input topic: not a position of the outputs
+        else:
+            self.errors.append(error.str())
 
     def _on_event(self, error: KafkaError | None, message) -> None:  # noqa: ANN001
         if error is None:

@@ -46,8 +46,9 @@ def _exit_now() -> None:
     os._exit(EXIT_LOCK_LOST)
 
 
-def _try_lock(connection: sqlalchemy.Connection, lock_id: int) -> bool:
-    locked = connection.execute(sqlalchemy.text("SELECT pg_try_advisory_lock(:id)"), {"id": lock_id}).scalar()
+def _try_lock(connection: sqlalchemy.Connection, lock_id: int, shared: bool = False) -> bool:
+    function = "pg_try_advisory_lock_shared" if shared else "pg_try_advisory_lock"
+    locked = connection.execute(sqlalchemy.text(f"SELECT {function}(:id)"), {"id": lock_id}).scalar()
     connection.commit()
     return bool(locked)
 
@@ -84,9 +85,11 @@ def _watch_session(connection: sqlalchemy.Connection, poll_s: float, stop: threa
 @contextmanager
 def single_instance(database_url: str, name: str, *, standby: bool = False, poll_s: float = 1.0,
                     wait_max_s: float | None = None, sleep: Callable[[float], None] = time.sleep,
-                    on_lock_lost: Callable[[], None] = _exit_now) -> Iterator[None]:
+                    on_lock_lost: Callable[[], None] = _exit_now, shared: bool = False) -> Iterator[None]:
     """Hold an exclusive session lock named `name` for the duration.
 
+    shared=True: hold it shared instead, with any number of other shared holders (partitioned instances
+    of a processor), and never beside an exclusive holder (the same processor run as a single instance).
     standby=False: raise AlreadyRunning if another process holds it.
     standby=True: wait for it (polling every poll_s; for ever unless wait_max_s), then watch the
     lock's session while holding it and call on_lock_lost if it dies.
@@ -104,7 +107,10 @@ def single_instance(database_url: str, name: str, *, standby: bool = False, poll
             watchdog = threading.Thread(target=_watch_session, args=(connection, poll_s, stop, on_lock_lost),
                                         name=f"lock-watch-{name}", daemon=True)
             watchdog.start()
-        elif not _try_lock(connection, lock_id):
+        elif not _try_lock(connection, lock_id, shared):
+            if shared:
+                raise AlreadyRunning(f"a single-instance {name} is running against this ledger: stop it before "
+                                     "starting partitioned instances")
             raise AlreadyRunning(f"another {name} is running against this ledger (PostgreSQL advisory lock held)")
         yield
     finally:
