@@ -38,6 +38,7 @@ from bench_payouts import stripe_limits_in_force
 from bench_phases import BenchContext, append_throughput, end_to_end, rebuild
 from bench_processes import BenchFailure, LedgerProcess, cpu_snapshot, cpu_used, ledger_env, vmhwm_kib
 from bench_reading import raw_read_rate
+from bench_scale import scale_out
 from bench_stack import close_place, machine, open_place, remove_run_data
 import restart as restart_bench
 
@@ -62,6 +63,8 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--paced-share", type=float, default=0.5,
                         help="the paced load of (c), as a share of the burst's end-to-end rate")
     parser.add_argument("--raw-read-repeats", type=int, default=5)
+    parser.add_argument("--skip-scale", action="store_true",
+                        help="without (g), the append rate of one and of two partitioned sequencer instances")
     parser.add_argument("--keep", action="store_true", help="keep the run's topics, schema and worker logs")
     parser.add_argument("--json", dest="as_json", action="store_true", help="print the result as JSON")
     parser.add_argument("--only", choices=("all", "throughput", "restart"), default="all",
@@ -137,6 +140,7 @@ def run(args: argparse.Namespace, place, log_dir: Path, progress: Progress) -> d
         cpu["rebuild"] = {**cpu_used(before, cpu_snapshot(ctx.workers)), "rebuild": process.cpu_s}
         cpu["rebuild"]["other"] = round(cpu["rebuild"]["other"] - (process.cpu_s or 0), 2)
         peaks["rebuild"] = {"vmhwm_kib": process.peak_kib, "maxrss_at_exit_kib": process.maxrss_kib, "exit_code": 0}
+        scale = None if args.skip_scale else scale_out(ctx, log_dir, args.payments, args.payees)
     finally:
         for name in list(ctx.workers):
             stop(name)
@@ -146,7 +150,7 @@ def run(args: argparse.Namespace, place, log_dir: Path, progress: Progress) -> d
     per_record = {phase: {name: round(seconds / records[phase] * 1e6, 1) for name, seconds in used.items()
                           if seconds is not None} for phase, used in cpu.items()}
     return {"append": appended, "end_to_end_burst": burst, "end_to_end_paced": paced, "payouts": payouts,
-            "raw_read": raw, "rebuild": rebuilt, "peak_memory": peaks, "cpu_seconds": cpu,
+            "raw_read": raw, "rebuild": rebuilt, "peak_memory": peaks, "cpu_seconds": cpu, "scale_out": scale,
             "cpu_us_per_record": per_record}
 
 
@@ -201,6 +205,14 @@ def figures(details: dict, settings) -> list[dict]:  # noqa: ANN001 - Settings
              peer["celery_per_min"] / 60, "payouts/min", peer["celery_per_min"])
         rows.append((f"d_{key}_ratio", f"  transfers / Celery at c={concurrency}", peer["ratio"], "x", None))
     rate("e", "projections rebuild", details["rebuild"]["events_per_s"], "events/s")
+    scale = details.get("scale_out")
+    if scale:
+        for count, run in scale["instances"].items():
+            rate(f"g{count}", f"append, {count} partitioned sequencer(s), {scale['partitions']} partitions "
+                              f"(split {':'.join(map(str, run['partitions_per_instance']))})",
+                 run["chained_records_per_s"])
+        if scale["speedup_2_vs_1"] is not None:
+            rows.append(("g_speedup", "  two instances / one", round(scale["speedup_2_vs_1"], 3), "x", None))
     for name, peak in details["peak_memory"].items():
         kib = peak["vmhwm_kib"] or peak["maxrss_at_exit_kib"]
         rows.append((f"f_{name}", f"peak memory (VmHWM): {name}", round(kib / 1024, 1) if kib else None, "MiB", None))

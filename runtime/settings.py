@@ -64,7 +64,7 @@ class Settings(BaseSettings):
     plans_file: Path | None = Field(None, description="TOML file of commission plans and fees, merged over the built-ins")
 
     sequencer_group: str = "ledger-sequencer"
-    sequencer_batch_max: int = Field(500, ge=1, le=100_000)
+    sequencer_batch_max: int = Field(2000, ge=1, le=100_000)
     sequencer_batch_wait_ms: int = Field(50, ge=1, le=10_000)
     sequencer_wait_s: int = Field(300, ge=1, le=7 * 86_400, description="how long a refund that arrived before its payment waits for it before it is dead-lettered")
     sequencer_wait_max_records: int = Field(10_000, ge=1, le=1_000_000, description="at most this many refunds wait for their payments; beyond it the oldest is dead-lettered")

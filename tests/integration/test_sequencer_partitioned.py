@@ -21,10 +21,11 @@ from typing import Callable
 import pytest
 import sqlalchemy
 
-from processors.kafka_io import read_topic
+from processors.kafka_io import make_producer, read_topic
 from processors.partition_fence import EPOCH_HEADER
 from processors.partitioning import partition_for
 from processors.sequencer_instances import lease_group
+from processors.sequencer_outputs import REROUTED_HEADER
 from runtime.database import make_engine
 from tests.integration.cli_env import LEDGER, env_for
 from tests.integration.sequencing_helpers import chain_breaks, dead_letters, ledger_events, payment, send_raw
@@ -256,3 +257,19 @@ def test_a_paused_instance_acts_on_nothing_it_no_longer_owns(settings, instances
     assert_ledger_exact(settings, expected, instances.logs())
     resumed_log = next(path for path in sorted(instances.tmp_path.glob("a-*.log"))).read_text()
     assert "stopped without writing anything more" in resumed_log, resumed_log[-3000:]
+
+
+def test_a_record_a_foreign_partitioner_misplaced_is_chained_in_its_payees_partition(settings, instances):
+    payee = payees_by_partition(settings.partitions_events, 1)[0][0]  # its key belongs to partition 0
+    producer = make_producer(settings.kafka_bootstrap)
+    producer.produce(settings.topic_incoming, json.dumps(payment("misplaced-1", payee_id=payee)).encode(),
+                     payee.encode(), partition=1)
+    assert producer.flush(30) == 0
+    instances.start("a")
+    wait_until(lambda: chained_count(settings) == 1, 60, f"the payment chained\n{instances.logs()}")
+    [event] = list(read_topic(settings.kafka_bootstrap, settings.topic_events))
+    assert event.partition == 0 and event.key == payee.encode()
+    copies = [record for record in read_topic(settings.kafka_bootstrap, settings.topic_incoming)]
+    assert [(record.partition, dict(record.headers).get(REROUTED_HEADER)) for record in copies] == [
+        (0, f"{settings.topic_incoming}:1:0".encode()), (1, None)]
+    assert dead_letters(settings) == []

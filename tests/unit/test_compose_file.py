@@ -250,17 +250,18 @@ def test_resolve_refuses_unknown_commands_and_options() -> None:
         resolve(["aggregator", "--standby"])
 
 
-def test_locked_processors_run_as_hot_standbys_so_they_can_scale() -> None:
+def test_locked_processors_run_as_hot_standbys_or_partitioned_so_they_can_scale() -> None:
     for name, service in APP.items():
         for args in ledger_invocations(service):
-            takes_standby = any(param.name == "standby" for param in resolve(args).params)
+            params = {param.name for param in resolve(args).params}
             label = service["labels"]["ledger.scaling"]
-            assert takes_standby == (label == "standby"), f"{name}: scaling {label!r}, --standby option {takes_standby}"
-            if takes_standby:
+            if label == "standby":
                 assert "--standby" in args, f"{name}: a second replica would exit with AlreadyRunning"
-    assert {n for n, s in APP.items() if s["labels"]["ledger.scaling"] == "standby"} == {
-        "sequencer", "transfers", "projector", "notifier"}
-    assert SERVICES["aggregator"]["labels"]["ledger.scaling"] == "partitions"
+            elif "standby" in params:  # a locked processor that scales by partition leases
+                assert label == "partitions" and "--partitioned" in args, f"{name}: a second replica would wait idle"
+    labels = {name: service["labels"]["ledger.scaling"] for name, service in APP.items()}
+    assert {name for name, label in labels.items() if label == "standby"} == {"transfers", "projector", "notifier"}
+    assert labels["aggregator"] == labels["sequencer"] == "partitions"
 
 
 def test_scalable_services_have_no_container_name_and_no_fixed_host_port() -> None:
