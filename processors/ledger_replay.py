@@ -8,7 +8,7 @@ from typing import Callable
 from ledger.codec import EventCodec, UndecodableEvent
 from ledger.events import Event
 from ledger.guards import InvariantViolation
-from ledger.ledger_index import LedgerIndex
+from ledger.ledger_index import IndexState, LedgerIndex
 from processors.kafka_io import read_topic
 
 REPLAY_TIMEOUT_S = 600.0
@@ -44,24 +44,39 @@ def load_index(bootstrap: str, topic: str, codec: EventCodec, timeout_s: float =
 
 def open_index(bootstrap: str, topic: str, database_url: str, codec: EventCodec,
                log: Callable[[str], None] = lambda _: None, dlq_topic: str | None = None) -> LedgerIndex:
-    """A read-only index: the sequencer's proven checkpoint and PostgreSQL tables, plus the tail of `topic`
-    folded in memory. Without a checkpoint that proves, the whole log is folded (load_index). Nothing is
-    written: the sequencer owns its checkpoint."""
+    """A read-only index: the sequencer's proven checkpoint (or, for partitioned sequencers, one proven
+    checkpoint per partition, merged) and PostgreSQL tables, plus the tail of `topic` folded in memory.
+    Without checkpoints that prove, the whole log is folded (load_index). Nothing is written: the
+    sequencer owns its checkpoints."""
     from processors.checkpoints import CheckpointStore, resume
-    from processors.log_reader import LogReader
     from processors.kafka_io import topic_partitions
+    from processors.log_reader import LogReader
     from processors.sequencer import CHECKPOINT_NAME, STATE_FORMAT
     from processors.sequencer_index_store import PostgresIndexBacking
     from runtime.database import make_engine
 
     engine = make_engine(database_url)
-    resumed = resume(bootstrap, CheckpointStore(engine, CHECKPOINT_NAME, STATE_FORMAT), log, topics=(topic, dlq_topic))
-    if resumed.checkpoint is None:
-        engine.dispose()
-        return load_index(bootstrap, topic, codec)
-    index = LedgerIndex(codec.encode, PostgresIndexBacking(engine), resumed.checkpoint.state["index"])
-    reader = LogReader(bootstrap, "index-reader", {topic: resumed.start(topic, topic_partitions(bootstrap, topic))},
-                       proofs=resumed.checkpoint.proofs, batch_max=2000)
+    partitions = topic_partitions(bootstrap, topic)
+    topics = (topic, dlq_topic)
+    resumed = resume(bootstrap, CheckpointStore(engine, CHECKPOINT_NAME, STATE_FORMAT), log, topics=topics)
+    if resumed.checkpoint is not None:
+        state = resumed.checkpoint.state["index"]
+        starts, proofs = resumed.start(topic, partitions), resumed.checkpoint.proofs
+    else:  # partitioned sequencers: each partition's checkpoint covers that partition of the log
+        parts = [resume(bootstrap, CheckpointStore(engine, f"{CHECKPOINT_NAME}:p{partition}", STATE_FORMAT), log,
+                        topics=topics) for partition in partitions]
+        if any(part.checkpoint is None for part in parts):
+            engine.dispose()
+            return load_index(bootstrap, topic, codec)
+        states = [part.checkpoint.state["index"] for part in parts]
+        state = IndexState({payee: head for one in states for payee, head in one.heads.items()},
+                           {payout: open_ for one in states for payout, open_ in one.open_payouts.items()},
+                           sum(one.events for one in states))
+        starts = {partition: part.start(topic, [partition])[partition] for partition, part in zip(partitions, parts)}
+        proofs = {topic: {partition: part.checkpoint.proofs[topic][partition] for partition, part in
+                          zip(partitions, parts) if partition in part.checkpoint.proofs.get(topic, {})}}
+    index = LedgerIndex(codec.encode, PostgresIndexBacking(engine), state)
+    reader = LogReader(bootstrap, "index-reader", {topic: starts}, proofs=proofs, batch_max=2000)
     try:
         for messages in reader.batches_to_end(REPLAY_TIMEOUT_S):
             events = [(decode_event(codec, message), message.value() or b"") for message in messages]

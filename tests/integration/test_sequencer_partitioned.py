@@ -15,12 +15,16 @@ import signal
 import subprocess
 import time
 from collections import Counter
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Callable
 
 import pytest
 import sqlalchemy
 
+from ledger.codec import EventCodec
+from ledger.intake import parse_record
+from processors import ledger_replay
 from processors.kafka_io import make_producer, read_topic
 from processors.partition_fence import EPOCH_HEADER
 from processors.partitioning import partition_for
@@ -61,8 +65,9 @@ class Instances:
 
     def __init__(self, settings, tmp_path: Path) -> None:  # noqa: ANN001 - Settings
         self.settings, self.tmp_path = settings, tmp_path
+        # poison deaths: the tests' own kills are not the records' fault (see test_sequencer_faults.py)
         self.env = env_for(settings, tmp_path, LEDGER_PARTITION_LEASE_S=str(LEASE_S),
-                           LEDGER_SEQUENCER_BATCH_MAX="50")
+                           LEDGER_SEQUENCER_BATCH_MAX="50", LEDGER_SEQUENCER_POISON_DEATHS="10")
         self.processes: dict[str, subprocess.Popen] = {}
         self.engine = make_engine(settings.database_url)
         self.started = 0
@@ -164,8 +169,27 @@ def test_two_instances_share_the_partitions_and_chain_each_payment_once(settings
     instances.stop_all()
     assert first.returncode == 0 and second.returncode == 0, instances.logs()
     assert_ledger_exact(settings, expected, instances.logs())
-    shares = Counter(instances.owner_pids().values())
-    assert not shares  # both released their leases when they stopped
+    assert not instances.owner_pids()  # both released their leases when they stopped
+
+
+def test_publish_predicts_verdicts_from_the_partition_checkpoints(settings, instances, monkeypatch):
+    payees = [name for names in payees_by_partition(settings.partitions_events, 2).values() for name in names]
+    first = instances.start("a")
+    expected = send_payments(settings, payees, range(0, 120), random.Random(3))
+    wait_until(lambda: chained_count(settings) >= len(expected), 60, f"every payment chained\n{instances.logs()}")
+    instances.stop_all()  # a clean stop writes each partition's checkpoint
+    assert first.returncode == 0, instances.logs()
+    expected |= send_payments(settings, payees, range(120, 130), random.Random(4))  # not chained: no sequencer
+    monkeypatch.setattr(ledger_replay, "load_index", lambda *_, **__: pytest.fail("folded the whole log"))
+    index = ledger_replay.open_index(settings.kafka_bootstrap, settings.topic_events, settings.database_url,
+                                     EventCodec(), dlq_topic=settings.topic_dlq)
+    assert index.events == 120
+    limits, now = settings.intake_limits(), datetime.now(timezone.utc)
+    chained = parse_record(payment("p-5", payee_id=expected["p-5"], amount_minor=105), limits, now)
+    assert index.verdict(chained).status == "duplicate"
+    assert index.verdict(parse_record(payment("p-125", payee_id=expected["p-125"], amount_minor=225), limits,
+                                      now)).status == "accept"
+    assert index.chain.heads  # the merged heads of every partition
 
 
 def test_one_payment_id_under_two_payees_is_refused_as_a_conflict(settings, instances):
