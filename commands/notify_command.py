@@ -15,7 +15,7 @@ from projections.payee_contacts import InvalidContact, delete_contact, get_conta
 from runtime.database import make_engine
 from runtime.metrics import start_metrics_server
 from runtime.settings import Settings
-from runtime.single_instance import single_instance
+from runtime.single_instance import AlreadyRunning, single_instance
 from runtime.stack import connections
 
 STATUSES = ("pending", "sent", "given_up", "no_contact")
@@ -25,20 +25,36 @@ STATUSES = ("pending", "sent", "given_up", "no_contact")
 @click.option("--idle-exit", type=click.FloatRange(min=0.1), default=None,
               help="Exit after this many seconds with nothing to do (default: run until SIGTERM/Ctrl-C).")
 @click.option("--json", "as_json", is_flag=True, help="Print the final counts as JSON.")
+@click.option("--partitioned", is_flag=True,
+              help="Share the partitions of ledger.events with every other `ledger notifier --partitioned` of this "
+                   "ledger (leases: LEDGER_PARTITION_LEASE_S); each records the notices of the partitions it holds, "
+                   "and all of them deliver.")
 @metrics_port_option
 @standby_option
-def notifier(idle_exit: float | None, as_json: bool, metrics_port: int | None, standby: bool) -> None:
+def notifier(idle_exit: float | None, as_json: bool, partitioned: bool, metrics_port: int | None,
+             standby: bool) -> None:
     """Turn every payout settled or failed for good into notices to its payee (see docs/notifications.md).
 
     Email goes through LEDGER_SMTP_HOST; webhooks are signed with LEDGER_NOTIFY_WEBHOOK_SECRET. Failed
-    deliveries are retried after LEDGER_NOTIFY_RETRY_DELAYS_S, then given up. Only one runs per ledger.
+    deliveries are retried after LEDGER_NOTIFY_RETRY_DELAYS_S, then given up. Without --partitioned only
+    one runs per ledger (--standby waits to take over).
     """
     settings = Settings()
     start_logging(settings, "notifier", as_json)
     start_metrics_server(metrics_port)
     bootstrap, database_url = connections(settings)
-    with single_instance(database_url, f"notifier:{settings.topic_events}", standby=standby):
-        stats = Notifier(settings, bootstrap, database_url).run(idle_exit_s=idle_exit)
+    lock = f"notifier:{settings.topic_events}"
+    if partitioned:
+        if standby:
+            raise click.UsageError("--standby is for a single notifier; partitioned instances take over by themselves")
+        try:
+            with single_instance(database_url, lock, shared=True):
+                stats = Notifier(settings, bootstrap, database_url, partitioned=True).run(idle_exit_s=idle_exit)
+        except AlreadyRunning as exc:
+            raise click.ClickException(str(exc)) from None
+    else:
+        with single_instance(database_url, lock, standby=standby):
+            stats = Notifier(settings, bootstrap, database_url).run(idle_exit_s=idle_exit)
     if as_json:
         emit_json(asdict(stats))
     else:

@@ -31,14 +31,17 @@ from processors.ledger_replay import CorruptLedger
 from processors.kafka_io import topic_partitions
 from processors.log_reader import LogReader, StopFlag
 from processors.notification_delivery import DeliveryStats, deliver_due
+from processors.partition_fence import timing
 from processors.prefetch import BOUNDED_PREFETCH
 from runtime import metrics
 from runtime.database import make_engine
+from runtime.partition_leases import Fenced, PartitionLeases
 from runtime.settings import Settings
 
 GROUP_ID = "ledger-notifier"
 BATCH_MAX = 500
 DELIVERY_BATCH = 50
+NO_PARTITION_WAIT_S = 0.2  # a partitioned notifier that owns nothing checks for a share (and delivers) this often
 log = logging.getLogger("ledger.notifier")
 
 _OUTBOX = sqlalchemy.table(
@@ -108,13 +111,22 @@ def outbox_rows(payload: dict[str, Any], contact: dict[str, Any] | None, now: da
 class Notifier:
     def __init__(self, settings: Settings, bootstrap: str, database_url: str, *,
                  clock: Callable[[], datetime] = utc_now, codec: EventCodec | None = None,
-                 group_id: str = GROUP_ID) -> None:
+                 group_id: str = GROUP_ID, partitioned: bool = False, member: str | None = None) -> None:
+        """partitioned: share the partitions of ledger.events with the other partitioned notifiers (leases in
+        PostgreSQL, runtime/partition_leases.py); each records the notices of the partitions it owns."""
         self.settings, self.bootstrap, self.group_id = settings, bootstrap, group_id
         self.clock = clock
         self.codec = codec or EventCodec()
         self.stats = NotifierStats()
         self.engine = make_engine(database_url)
         self._stop = StopFlag()
+        self.leases: PartitionLeases | None = None
+        if partitioned:
+            renew_s, _, _ = timing(settings.partition_lease_s)
+            self.leases = PartitionLeases(self.engine, f"notifier:{settings.topic_events}",
+                                          len(topic_partitions(bootstrap, settings.topic_events)), member=member,
+                                          ttl_s=settings.partition_lease_s, renew_every_s=renew_s,
+                                          processor="notifier")
 
     def stop(self) -> None:
         self._stop.set()
@@ -127,6 +139,8 @@ class Notifier:
             log.warning("LEDGER_SMTP_HOST is not set: email notices will fail and be given up")
         if not self.settings.notify_webhook_secret:
             log.warning("LEDGER_NOTIFY_WEBHOOK_SECRET is not set: webhook notices will fail and be given up")
+        if self.leases is not None:
+            return self._run_partitioned(idle_exit_s)
         started = time.monotonic()
         missing = self._uncommitted_partitions()
         reader = LogReader(self.bootstrap, "notifier", {self.settings.topic_events: None}, group_id=self.group_id,
@@ -149,6 +163,59 @@ class Notifier:
                     break
         finally:
             reader.close()
+            self.engine.dispose()
+        return self.stats
+
+    def _run_partitioned(self, idle_exit_s: float | None) -> NotifierStats:
+        """Read only the partitions this instance holds a lease on; a change of them makes a new reader (the
+        notifier keeps nothing per event: its position is the group's committed offsets, its state the outbox).
+        Each batch's outbox rows are written only if its partitions' leases still hold (fenced)."""
+        assert self.leases is not None
+        topic = self.settings.topic_events
+        renew_s, _, _ = timing(self.settings.partition_lease_s)
+        self.leases.start()
+        reader: LogReader | None = None
+        owned: set[int] = set()
+        next_rebalance = last_activity = time.monotonic()
+        clean = False
+        try:
+            while not self._stop.is_set():
+                if time.monotonic() >= next_rebalance:
+                    change = self.leases.rebalance()
+                    if change.to_release:  # what was read of them is recorded and committed batch by batch
+                        self.leases.release(change.to_release)
+                    if set(self.leases.owned()) != owned:
+                        if reader is not None:
+                            reader.close()
+                        owned = set(self.leases.owned())
+                        reader = None if not owned else LogReader(
+                            self.bootstrap, "notifier", {topic: None}, group_id=self.group_id, batch_max=BATCH_MAX,
+                            wait_s=0.2, config=BOUNDED_PREFETCH, only={topic: owned})
+                        log.info("notifier %s: reading partitions %s of %s", self.leases.member, sorted(owned), topic)
+                    next_rebalance = time.monotonic() + renew_s
+                if reader is None:
+                    time.sleep(NO_PARTITION_WAIT_S)
+                else:
+                    good = reader.poll()
+                    if good:
+                        try:
+                            self._record_batch(reader, good)
+                        except Fenced as exc:
+                            log.warning("notifier: %s; the batch was not recorded, its new owner reads it", exc)
+                            next_rebalance = 0.0
+                            continue
+                        last_activity = time.monotonic()
+                delivered = self.deliver_due()
+                if delivered.sent or delivered.retried or delivered.given_up:
+                    last_activity = time.monotonic()
+                if idle_exit_s is not None and time.monotonic() - last_activity >= idle_exit_s:
+                    break
+            clean = True
+        finally:
+            if reader is not None:
+                reader.close()
+            if clean:
+                self.leases.stop()
             self.engine.dispose()
         return self.stats
 
@@ -191,18 +258,21 @@ class Notifier:
             except UndecodableEvent as exc:
                 where = f"{message.topic()}[{message.partition()}]@{message.offset()}"
                 raise CorruptLedger(f"{where}: {exc.reason}") from None
-        self.record(events)
+        self.record(events, partitions={message.partition() for message in messages})
         reader.commit(messages)  # the outbox rows are committed: only now may the input position move past these events
         self.stats.events += len(events)
         self.stats.batches += 1
 
-    def record(self, events: Iterable[Event]) -> int:
-        """Write the outbox rows of these events' final outcomes in one transaction; returns rows created."""
+    def record(self, events: Iterable[Event], partitions: Iterable[int] = ()) -> int:
+        """Write the outbox rows of these events' final outcomes in one transaction; returns rows created.
+        Partitioned: `partitions` (of ledger.events, where the events were read) must still be this instance's."""
         finals = [event for event in events if notice_kind(event) is not None]
         if not finals:
             return 0
         now = self.clock()
         with self.engine.begin() as connection:
+            if self.leases is not None:
+                self.leases.guard(connection, partitions)
             contacts = self._contacts(connection, {event.payee_id for event in finals})
             settled = self._settled_references(connection, {event.payload["payout_id"] for event in finals})
             rows = []

@@ -1,0 +1,104 @@
+"""Partitioned notifiers (`ledger notifier --partitioned`) as real processes: one is SIGKILLed while final
+payout outcomes flow, its partitions move to the other, and every outcome still gets exactly one notice
+per channel, delivered."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+from datetime import datetime, timezone
+
+import pytest
+import sqlalchemy
+
+from ledger import payouts as records
+from processors.partitioning import partition_for
+from projections.payee_contacts import set_contact
+from runtime.database import make_engine
+from tests.integration.cli_env import LEDGER, env_for
+from tests.integration.test_notifications import SECRET, Receiver, all_done, chain, rows
+from tests.integration.transfer_helpers import book_of, processor_running, request_payouts, sequencer_running, wait_until
+
+LEASE_S = 4.0
+
+
+@pytest.fixture
+def receiver():
+    hooks = Receiver()
+    yield hooks
+    hooks.server.shutdown()
+    hooks.server.server_close()
+
+
+def owners(settings) -> dict[int, str]:  # noqa: ANN001 - Settings
+    engine = make_engine(settings.database_url)
+    try:
+        with engine.connect() as connection:
+            return dict(connection.execute(sqlalchemy.text(
+                "SELECT partition, owner FROM partition_leases WHERE grp = :g AND owner IS NOT NULL "
+                "AND expires_at > now()"), {"g": f"notifier:{settings.topic_events}"}).all())
+    finally:
+        engine.dispose()
+
+
+def owner_pids(settings) -> set[int]:  # noqa: ANN001
+    return {int(owner.split("-")[-2]) for owner in owners(settings).values()}
+
+
+@pytest.mark.faults
+def test_a_killed_notifiers_partitions_move_and_every_outcome_is_notified_once(settings, receiver, tmp_path):
+    partitions = settings.partitions_events
+    payees: list[str] = []
+    index = 0
+    while len(payees) < 4 * partitions:  # four payees in every partition
+        name = f"np-{index}"
+        if sum(partition_for(p.encode(), partitions) == partition_for(name.encode(), partitions) for p in payees) < 4:
+            payees.append(name)
+        index += 1
+    requested = {e.payee_id: e.payload["payout_id"] for e in request_payouts(settings, {p: ("manual", "") for p in payees})}
+    for payee in payees:
+        set_contact(settings.database_url, payee, email=None, webhook_url=f"{receiver.url}/{payee}", actor="t")
+    with sequencer_running(settings), processor_running(settings):
+        wait_until(lambda: {p.status.value for p in book_of(settings).payouts.values()} == {"at_provider"}, 60,
+                   "manual payouts at the operator")
+    book = book_of(settings)
+    now = datetime.now(timezone.utc)
+    env = env_for(settings, tmp_path, LEDGER_PARTITION_LEASE_S=str(LEASE_S), LEDGER_NOTIFY_WEBHOOK_SECRET=SECRET)
+    logs = []
+
+    def start(name: str) -> subprocess.Popen:
+        log = open(tmp_path / f"{name}.log", "a")  # noqa: SIM115 - closed when the test ends
+        logs.append(log)
+        return subprocess.Popen([LEDGER, "notifier", "--partitioned"], env=env, stdout=log, stderr=subprocess.STDOUT,
+                                stdin=subprocess.DEVNULL)
+
+    def output() -> str:
+        return "\n".join(path.read_text()[-2000:] for path in sorted(tmp_path.glob("*.log")))
+
+    first, second = start("a"), start("b")
+    try:
+        wait_until(lambda: owner_pids(settings) == {first.pid, second.pid} and len(owners(settings)) == partitions,
+                   60, f"both notifiers own partitions\n{output()}")
+        half = len(payees) // 2
+        chain(settings, [records.settled(book.get(requested[p]), 1, "manual", f"r-{p}", now) for p in payees[:half]])
+        wait_until(lambda: len(rows(settings)) >= 1, 60, f"notices recorded\n{output()}")
+        first.send_signal(signal.SIGKILL)  # mid-flow: some of its notices recorded, some perhaps not yet
+        first.wait(10)
+        chain(settings, [records.settled(book.get(requested[p]), 1, "manual", f"r-{p}", now) for p in payees[half:]])
+        wait_until(lambda: owner_pids(settings) == {second.pid} and len(owners(settings)) == partitions,
+                   LEASE_S + 10, f"the survivor takes every partition\n{output()}")
+        wait_until(lambda: len(rows(settings)) == len(payees) and all_done(settings), 60,
+                   f"every notice recorded and delivered\n{output()}")
+    finally:
+        for process in (first, second):
+            if process.poll() is None:
+                process.send_signal(signal.SIGTERM)
+                process.wait(30)
+        for log in logs:
+            log.close()
+    found = rows(settings)
+    assert sorted(row["payee_id"] for row in found) == sorted(payees)  # one notice per outcome, none missed
+    assert all(row["status"] == "sent" and row["channel"] == "webhook" for row in found)
+    delivered = {request["delivery"] for request in receiver.requests if request["verified"]}
+    assert delivered == {f"notification-{row['id']}" for row in found}
+    assert second.returncode == 0, output()
