@@ -10,12 +10,12 @@ from rich.table import Table
 
 from commands.output import start_logging, console, emit_json, fail, metrics_port_option, standby_option
 from commands.payee_commands import payee
+from commands.processor_lock import processor_lock
 from processors.notifier import Notifier
 from projections.payee_contacts import InvalidContact, delete_contact, get_contact, set_contact
 from runtime.database import make_engine
 from runtime.metrics import start_metrics_server
 from runtime.settings import Settings
-from runtime.single_instance import AlreadyRunning, single_instance
 from runtime.stack import connections
 
 STATUSES = ("pending", "sent", "given_up", "no_contact")
@@ -43,18 +43,8 @@ def notifier(idle_exit: float | None, as_json: bool, partitioned: bool, metrics_
     start_logging(settings, "notifier", as_json)
     start_metrics_server(metrics_port)
     bootstrap, database_url = connections(settings)
-    lock = f"notifier:{settings.topic_events}"
-    if partitioned:
-        if standby:
-            raise click.UsageError("--standby is for a single notifier; partitioned instances take over by themselves")
-        try:
-            with single_instance(database_url, lock, shared=True):
-                stats = Notifier(settings, bootstrap, database_url, partitioned=True).run(idle_exit_s=idle_exit)
-        except AlreadyRunning as exc:
-            raise click.ClickException(str(exc)) from None
-    else:
-        with single_instance(database_url, lock, standby=standby):
-            stats = Notifier(settings, bootstrap, database_url).run(idle_exit_s=idle_exit)
+    with processor_lock(database_url, f"notifier:{settings.topic_events}", partitioned=partitioned, standby=standby):
+        stats = Notifier(settings, bootstrap, database_url, partitioned=partitioned).run(idle_exit_s=idle_exit)
     if as_json:
         emit_json(asdict(stats))
     else:

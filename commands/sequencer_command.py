@@ -7,11 +7,11 @@ from dataclasses import asdict
 import click
 
 from commands.output import metrics_port_option, standby_option, console, emit_json, start_logging
+from commands.processor_lock import processor_lock
 from processors.sequencer import Sequencer, logger
 from processors.sequencer_instances import PartitionedSequencer
 from runtime.metrics import start_metrics_server
 from runtime.settings import Settings
-from runtime.single_instance import AlreadyRunning, single_instance
 from runtime.stack import connections
 
 
@@ -37,18 +37,14 @@ def sequencer(idle_exit: float | None, as_json: bool, partitioned: bool, metrics
     start_logging(settings, "sequencer", as_json)
     start_metrics_server(metrics_port)
     bootstrap, database_url = connections(settings)
-    lock = f"sequencer:{settings.topic_events}"
-    if partitioned:
-        if standby:
-            raise click.UsageError("--standby is for a single sequencer; partitioned instances take over by themselves")
-        try:
-            with single_instance(database_url, lock, shared=True):
+    with processor_lock(database_url, f"sequencer:{settings.topic_events}", partitioned=partitioned, standby=standby):
+        if partitioned:
+            try:
                 worker = PartitionedSequencer(settings, bootstrap, database_url)
-                stats = worker.run(idle_exit_s=idle_exit)
-        except (AlreadyRunning, ValueError) as exc:
-            raise click.ClickException(str(exc)) from None
-    else:
-        with single_instance(database_url, lock, standby=standby):
+            except ValueError as exc:  # the topics' partition counts differ
+                raise click.ClickException(str(exc)) from None
+            stats = worker.run(idle_exit_s=idle_exit)
+        else:
             single = Sequencer(settings, bootstrap, database_url=database_url)
             single.rebuild()
             logger.info("reading %s -> %s (rejects -> %s)", settings.topic_incoming, settings.topic_events,

@@ -16,18 +16,10 @@ from processors.partitioning import partition_for
 from projections.payee_contacts import set_contact
 from runtime.database import make_engine
 from tests.integration.cli_env import LEDGER, env_for
-from tests.integration.test_notifications import SECRET, Receiver, all_done, chain, rows
+from tests.integration.test_notifications import SECRET, all_done, chain, receiver, rows  # noqa: F401 - a fixture
 from tests.integration.transfer_helpers import book_of, processor_running, request_payouts, sequencer_running, wait_until
 
 LEASE_S = 4.0
-
-
-@pytest.fixture
-def receiver():
-    hooks = Receiver()
-    yield hooks
-    hooks.server.shutdown()
-    hooks.server.server_close()
 
 
 def owners(settings) -> dict[int, str]:  # noqa: ANN001 - Settings
