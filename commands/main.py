@@ -109,6 +109,9 @@ def _register() -> None:
     from commands import checkpoints_command
 
     cli.add_command(checkpoints_command.checkpoints)
+    from commands import partitions_command
+
+    cli.add_command(partitions_command.partitions)
 
 
 _register()

@@ -164,6 +164,16 @@ def test_two_instances_share_the_partitions_and_chain_each_payment_once(settings
     second = instances.start("b")
     wait_until(lambda: set(instances.owner_pids().values()) == {first.pid, second.pid}
                and len(instances.owners()) == partitions, 60, f"the second instance gets its share\n{instances.logs()}")
+    listed = subprocess.run([LEDGER, "partitions", "--json"], env=instances.env, capture_output=True, text=True,
+                            timeout=60)
+    assert listed.returncode == 0, listed.stderr
+    group = json.loads(listed.stdout)[lease_group(settings)]
+    assert len(group["members"]) == 2
+    assert [row["partition"] for row in group["partitions"]] == list(range(partitions))
+    assert {int(row["owner"].split("-")[-2]) for row in group["partitions"]} == {first.pid, second.pid}
+    assert all(row["epoch"] >= 1 and 0 < row["expires_in_s"] <= LEASE_S for row in group["partitions"])
+    shown = subprocess.run([LEDGER, "partitions"], env=instances.env, capture_output=True, text=True, timeout=60)
+    assert shown.returncode == 0 and "2 live instance(s)" in " ".join(shown.stdout.split())
     expected |= send_payments(settings, payees, range(300, 600), rng)
     wait_until(lambda: chained_count(settings) >= len(expected), 60, f"every payment chained\n{instances.logs()}")
     instances.stop_all()
