@@ -61,5 +61,6 @@ CHECKPOINT_BYTES = Gauge("ledger_checkpoint_state_bytes", "Size of the last chec
 FULL_REPLAYS = Counter("ledger_full_replays_total", "Starts that replayed the whole log, by why no checkpoint was used",
                        ["processor", "why"])
 PARTITIONS_OWNED = Gauge("ledger_partitions_owned", "Partitions this instance owns", ["processor"])
+PARTITIONS_TOTAL = Gauge("ledger_partitions_total", "Partitions the instances of this processor share", ["processor"])
 PARTITION_CHANGES = Counter("ledger_partition_changes_total", "Partition ownership changes of this instance",
                             ["processor", "change"])  # change: gained | released | lost

@@ -39,7 +39,7 @@ from uuid import uuid4
 import sqlalchemy
 from sqlalchemy import text
 
-from runtime.metrics import PARTITION_CHANGES, PARTITIONS_OWNED
+from runtime.metrics import PARTITION_CHANGES, PARTITIONS_OWNED, PARTITIONS_TOTAL
 
 logger = logging.getLogger("ledger.partitions")
 
@@ -96,6 +96,8 @@ class PartitionLeases:
         self.member = member or f"{socket.gethostname()}-{os.getpid()}-{uuid4().hex[:6]}"
         self.ttl_s, self.renew_every_s = ttl_s, renew_every_s
         self.processor = processor or group  # the label of metrics and logs
+        PARTITIONS_TOTAL.labels(self.processor).set(partitions)
+        PARTITIONS_OWNED.labels(self.processor).set(0)
         self._lock = threading.Lock()  # guards the local view below, shared with the renewer thread
         self._rebalancing = threading.Lock()  # one rebalance() or stop() at a time
         self._held: dict[int, tuple[int, float]] = {}  # partition -> (epoch, local monotonic deadline)
