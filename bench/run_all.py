@@ -68,7 +68,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--keep", action="store_true", help="keep the run's topics, schema and worker logs")
     parser.add_argument("--json", dest="as_json", action="store_true", help="print the result as JSON")
     parser.add_argument("--only", choices=("all", "throughput", "restart"), default="all",
-                        help="throughput: figures a-f only; restart: the restart benchmark only (bench/restart.py)")
+                        help="throughput: figures a-g only; restart: the restart benchmark only (bench/restart.py)")
     restart_bench.add_options(parser, prefix="restart-")
     args = parser.parse_args()
     restart_bench.check_options(parser, args, prefix="restart-")
