@@ -29,7 +29,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from ledger.codec import EventCodec
 from ledger.events import Event
 from ledger.guards import InvariantViolation
-from ledger.intake import shown
+from ledger.intake import RECORD_MAX_BYTES, shown
 from ledger.ledger_index import DEDUPE_FIELDS, LedgerIndex, content_digest, dedupe_key
 from processors.checkpoints import Cadence, CheckpointStore, Positions, Resume, announce, record_hash, resume
 from processors.dead_letters import parse_entry
@@ -563,8 +563,10 @@ class Sequencer:
                 self._handle(item.record, outputs, parked, done, waited=True)
 
     def _belongs_elsewhere(self, record: Record) -> int | None:
-        """Partitioned mode: the partition a record's key belongs to when it is not this one (else None)."""
-        if self.partition is None or record.key is None:
+        """Partitioned mode: the partition a record's key belongs to when it is not this one (else None). A record
+        too large to be valid is judged (and dead-lettered) where it is: sent on, with one more header, it could
+        exceed the input topic's limit, and a refused reroute would fail this partition's batch at every start."""
+        if self.partition is None or record.key is None or len(record.value or b"") > RECORD_MAX_BYTES:
             return None
         home = self._home.get(record.key)
         if home is None:

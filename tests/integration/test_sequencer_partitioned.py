@@ -295,15 +295,23 @@ def test_a_paused_instance_acts_on_nothing_it_no_longer_owns(settings, instances
 
 def test_a_record_a_foreign_partitioner_misplaced_is_chained_in_its_payees_partition(settings, instances):
     payee = payees_by_partition(settings.partitions_events, 1)[0][0]  # its key belongs to partition 0
-    producer = make_producer(settings.kafka_bootstrap)
+    producer = make_producer(settings.kafka_bootstrap, **{"message.max.bytes": 2_000_000})
     producer.produce(settings.topic_incoming, json.dumps(payment("misplaced-1", payee_id=payee)).encode(),
                      payee.encode(), partition=1)
+    # too large to be valid, at the input topic's limit: dead-lettered where it is, never sent on (a reroute
+    # with one more header would not fit the topic, and would fail partition 1 at every start)
+    huge = json.dumps(payment("misplaced-huge", payee_id=payee)).encode()
+    huge = huge[:-1] + b" " * (1_048_000 - len(huge)) + b"}"  # valid JSON, valid fields, far too many bytes
+    producer.produce(settings.topic_incoming, huge, payee.encode(), partition=1)
     assert producer.flush(30) == 0
     instances.start("a")
-    wait_until(lambda: chained_count(settings) == 1, 60, f"the payment chained\n{instances.logs()}")
+    wait_until(lambda: chained_count(settings) == 1 and len(dead_letters(settings)) == 1, 60,
+               f"the payment chained, the huge record dead-lettered\n{instances.logs()}")
+    [letter] = dead_letters(settings)
+    assert (letter.source_partition, letter.source_offset, letter.stage) == (1, 1, "validate")
+    assert "at most 65536 allowed" in letter.reason, letter.reason
     [event] = list(read_topic(settings.kafka_bootstrap, settings.topic_events))
     assert event.partition == 0 and event.key == payee.encode()
     copies = [record for record in read_topic(settings.kafka_bootstrap, settings.topic_incoming)]
     assert [(record.partition, dict(record.headers).get(REROUTED_HEADER)) for record in copies] == [
-        (0, f"{settings.topic_incoming}:1:0".encode()), (1, None)]
-    assert dead_letters(settings) == []
+        (0, f"{settings.topic_incoming}:1:0".encode()), (1, None), (1, None)]
