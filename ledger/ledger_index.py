@@ -242,14 +242,15 @@ class LedgerIndex:
 
     # --- folding ---------------------------------------------------------------------------------
 
-    def append(self, event: Event, verdict: Verdict | None = None) -> tuple[Event, bytes]:
+    def append(self, event: Event, verdict: Verdict | None = None, digest: str | None = None) -> tuple[Event, bytes]:
         """Sequence an accepted event and fold it in; returns the sequenced event and its stored bytes.
-        `verdict`: this index's verdict on the event, given when the caller just asked for it."""
+        `verdict`: this index's verdict on the event, given when the caller just asked for it; `digest`: its
+        content_digest, when the caller computed it already."""
         require(not self._admitted, "append after admit: this index predicts verdicts, its chains are not heads")
         verdict = verdict or self.verdict(event)
         require(verdict.status == "accept", f"append of a non-accepted event: {verdict.reason}")
         sequenced, encoded = self.chain.append(event)
-        self._fold(sequenced)
+        self._fold(sequenced, digest)
         return sequenced, encoded
 
     def admit(self, event: Event) -> None:
@@ -268,9 +269,9 @@ class LedgerIndex:
         self.chain.observe(event, encoded)
         self._fold(event)
 
-    def _fold(self, event: Event) -> None:
+    def _fold(self, event: Event, digest: str | None = None) -> None:
         key = dedupe_key(event)
-        self._recorded[key] = (event.envelope.event_id, content_digest(event))
+        self._recorded[key] = (event.envelope.event_id, digest or content_digest(event))
         self._new_recorded.add(key)
         self.events += 1
         self._with_payout(event)

@@ -121,11 +121,11 @@ class Notifier:
         self.engine = make_engine(database_url)
         self._stop = StopFlag()
         self.leases: PartitionLeases | None = None
+        self._renew_s, _, _ = timing(settings.partition_lease_s)
         if partitioned:
-            renew_s, _, _ = timing(settings.partition_lease_s)
             self.leases = PartitionLeases(self.engine, f"notifier:{settings.topic_events}",
                                           len(topic_partitions(bootstrap, settings.topic_events)), member=member,
-                                          ttl_s=settings.partition_lease_s, renew_every_s=renew_s,
+                                          ttl_s=settings.partition_lease_s, renew_every_s=self._renew_s,
                                           processor="notifier")
 
     def stop(self) -> None:
@@ -172,7 +172,6 @@ class Notifier:
         Each batch's outbox rows are written only if its partitions' leases still hold (fenced)."""
         assert self.leases is not None
         topic = self.settings.topic_events
-        renew_s, _, _ = timing(self.settings.partition_lease_s)
         self.leases.start()
         reader: LogReader | None = None
         owned: set[int] = set()
@@ -192,7 +191,7 @@ class Notifier:
                             self.bootstrap, "notifier", {topic: None}, group_id=self.group_id, batch_max=BATCH_MAX,
                             wait_s=0.2, config=BOUNDED_PREFETCH, only={topic: owned})
                         log.info("notifier %s: reading partitions %s of %s", self.leases.member, sorted(owned), topic)
-                    next_rebalance = time.monotonic() + renew_s
+                    next_rebalance = time.monotonic() + self._renew_s
                 if reader is None:
                     time.sleep(NO_PARTITION_WAIT_S)
                 else:

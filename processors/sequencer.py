@@ -138,7 +138,7 @@ class Sequencer:
         self._prepared: dict[Source, Event | Exception] = {}
         self._appending = False  # between index.append and its produce: an error there is never the record's
         self._appended_types: dict[str, int] = {}  # events appended in this batch, per type (metrics)
-        self._claimed: set[str] = set()  # partitioned mode: keys claimed in this batch and not chained yet
+        self._claimed: dict[str, str] = {}  # partitioned mode: key -> content digest, claimed and not chained yet
         self._home: dict[bytes, int] = {}  # partitioned mode: key -> its partition (bounded cache)
 
     def stop(self) -> None:
@@ -543,9 +543,8 @@ class Sequencer:
             return
         self._settle_waiting(source, waited, done)
         self._appending = True
-        sequenced, encoded = self.index.append(event, verdict)
-        if self._claimed:
-            self._claimed.discard(dedupe_key(event))
+        digest = self._claimed.pop(dedupe_key(event), None) if self._claimed else None
+        sequenced, encoded = self.index.append(event, verdict, digest)
         headers = [(SOURCE_HEADER, f"{record.topic}:{record.partition}:{record.offset}".encode())]
         if self.fence is not None:
             headers.append((EPOCH_HEADER, self._epoch_header))
@@ -594,7 +593,7 @@ class Sequencer:
             self.fence.guard(connection)
             foreign = self.claims.claim(connection, candidates)
         self.index.recorded_elsewhere(foreign)  # judged against the other partition's claim: duplicate or conflict
-        self._claimed.update(key for key in candidates if key not in foreign)
+        self._claimed.update((key, digest) for key, (_, digest) in candidates.items() if key not in foreign)
 
     def _release_claims(self) -> None:
         """Claims of this batch that were not chained (refused, waiting, duplicates within the batch)."""
