@@ -59,7 +59,8 @@ def _one(ctx: BenchContext, log_dir: Path, count: int, payees: int, instances: i
     engine = make_engine(ctx.database_url)
     try:
         task = ctx.progress.add_task(f"(g) {instances} partitioned sequencer(s): balancing", total=None)
-        _wait_balanced(ctx, engine, lease_group(settings), [worker.pid for worker in workers])
+        wait_balanced(ctx, engine, lease_group(settings), [worker.pid for worker in workers],
+                      f"{instances} partitioned sequencers")
         ctx.progress.update(task, total=1, completed=1)
         records = payments(ctx.run_id, f"g{instances}", count, payees, datetime.now(timezone.utc) - timedelta(hours=1))
         tail = LogTail(ctx.bootstrap, settings.topic_events)
@@ -103,7 +104,7 @@ def _one(ctx: BenchContext, log_dir: Path, count: int, payees: int, instances: i
             [spec.name for spec in settings.topic_specs()], operation_timeout=30)
 
 
-def _wait_balanced(ctx: BenchContext, engine: sqlalchemy.Engine, group: str, pids: list[int]) -> None:
+def wait_balanced(ctx: BenchContext, engine: sqlalchemy.Engine, group: str, pids: list[int], what: str) -> None:
     """Until every partition is owned, by live leases, and each instance owns its fair share."""
     fair = {PARTITIONS // len(pids) + (1 if n < PARTITIONS % len(pids) else 0) for n in range(len(pids))}
     deadline = time.monotonic() + BALANCE_S
@@ -117,4 +118,4 @@ def _wait_balanced(ctx: BenchContext, engine: sqlalchemy.Engine, group: str, pid
         if set(owned) == set(pids) and sum(owned.values()) == PARTITIONS and set(owned.values()) <= fair:
             return
         time.sleep(0.2)
-    raise BenchFailure(f"(g) the leases of {len(pids)} partitioned sequencers were not balanced in {BALANCE_S:.0f} s")
+    raise BenchFailure(f"(g) the leases of {what} were not balanced in {BALANCE_S:.0f} s")

@@ -39,6 +39,7 @@ from bench_phases import BenchContext, append_throughput, end_to_end, rebuild
 from bench_processes import BenchFailure, LedgerProcess, cpu_snapshot, cpu_used, ledger_env, vmhwm_kib
 from bench_reading import raw_read_rate
 from bench_scale import scale_out
+from bench_scale_payouts import scale_out_payouts
 from bench_stack import close_place, machine, open_place, remove_run_data
 import restart as restart_bench
 
@@ -64,7 +65,8 @@ def parse_args() -> argparse.Namespace:
                         help="the paced load of (c), as a share of the burst's end-to-end rate")
     parser.add_argument("--raw-read-repeats", type=int, default=5)
     parser.add_argument("--skip-scale", action="store_true",
-                        help="without (g), the append rate of one and of two partitioned sequencer instances")
+                        help="without (g), the append rate of one and of two partitioned sequencer instances, and the "
+                             "payouts rate of one and of two partitioned transfer processors")
     parser.add_argument("--keep", action="store_true", help="keep the run's topics, schema and worker logs")
     parser.add_argument("--json", dest="as_json", action="store_true", help="print the result as JSON")
     parser.add_argument("--only", choices=("all", "throughput", "restart"), default="all",
@@ -141,6 +143,7 @@ def run(args: argparse.Namespace, place, log_dir: Path, progress: Progress) -> d
         cpu["rebuild"]["other"] = round(cpu["rebuild"]["other"] - (process.cpu_s or 0), 2)
         peaks["rebuild"] = {"vmhwm_kib": process.peak_kib, "maxrss_at_exit_kib": process.maxrss_kib, "exit_code": 0}
         scale = None if args.skip_scale else scale_out(ctx, log_dir, args.payments, args.payees)
+        scale_payouts = None if args.skip_scale else scale_out_payouts(ctx, log_dir, args.payouts, PROVIDER_LATENCY_S)
     finally:
         for name in list(ctx.workers):
             stop(name)
@@ -151,7 +154,7 @@ def run(args: argparse.Namespace, place, log_dir: Path, progress: Progress) -> d
                           if seconds is not None} for phase, used in cpu.items()}
     return {"append": appended, "end_to_end_burst": burst, "end_to_end_paced": paced, "payouts": payouts,
             "raw_read": raw, "rebuild": rebuilt, "peak_memory": peaks, "cpu_seconds": cpu, "scale_out": scale,
-            "cpu_us_per_record": per_record}
+            "scale_out_payouts": scale_payouts, "cpu_us_per_record": per_record}
 
 
 def run_restart(args: argparse.Namespace, place, log_dir: Path, report, own_place: bool) -> dict:  # noqa: ANN001
@@ -213,6 +216,15 @@ def figures(details: dict, settings) -> list[dict]:  # noqa: ANN001 - Settings
                  run["chained_records_per_s"])
         if scale["speedup_2_vs_1"] is not None:
             rows.append(("g_speedup", "  two instances / one", round(scale["speedup_2_vs_1"], 3), "x", None))
+    scale_paid = details.get("scale_out_payouts")
+    if scale_paid:
+        for count, run in scale_paid["instances"].items():
+            rate(f"g_payouts{count}", f"payouts settled, {count} partitioned transfer processor(s), c="
+                                      f"{scale_paid['provider_concurrency']} for the ledger, {scale_paid['partitions']} "
+                                      "partitions", run["settled_per_min"] / 60, "payouts/min", run["settled_per_min"])
+        if scale_paid["speedup_2_vs_1"] is not None:
+            rows.append(("g_payouts_speedup", "  two instances / one", round(scale_paid["speedup_2_vs_1"], 3), "x",
+                         None))
     for name, peak in details["peak_memory"].items():
         kib = peak["vmhwm_kib"] or peak["maxrss_at_exit_kib"]
         rows.append((f"f_{name}", f"peak memory (VmHWM): {name}", round(kib / 1024, 1) if kib else None, "MiB", None))

@@ -58,6 +58,16 @@ class CircuitBreaker:
             self.state, self.consecutive_failures, self.opened_at = BreakerState.CLOSED, 0, None
             self._trial_in_flight = False
 
+    def trip(self, opened_at: datetime) -> bool:
+        """Open because another instance's breaker for the same provider opened at `opened_at` (shared through
+        PostgreSQL); True if that changed anything. A later local opening is kept."""
+        with self._lock:
+            if self.state is BreakerState.OPEN and self.opened_at is not None and self.opened_at >= opened_at:
+                return False
+            self.state, self.opened_at, self._trial_in_flight = BreakerState.OPEN, opened_at, False
+            self.consecutive_failures = max(self.consecutive_failures, self.failure_threshold)
+            return True
+
     def record_failure(self, retryable: bool) -> None:
         """Count a retryable failure (provider trouble); a permanent one ends a trial like a success."""
         with self._lock:

@@ -29,6 +29,21 @@ def crash_point(name: str) -> None:
     probability = _points().get(name)
     if probability and random.random() < probability:
         os.kill(os.getpid(), signal.SIGKILL)
+    _stop_at(name)
+
+
+_STOP_AT: str | None = None
+
+
+def _stop_at(name: str) -> None:
+    """With LEDGER_FAULT_STOP_AT=<point>, SIGSTOP this process (once) the first time it reaches that crash point:
+    frozen, say, after the provider answered and before the outcome is recorded (the transfer fencing test)."""
+    global _STOP_AT, _PAUSED
+    if _STOP_AT is None:
+        _STOP_AT = os.environ.get("LEDGER_FAULT_STOP_AT", "")
+    if _STOP_AT and name == _STOP_AT and not _PAUSED:
+        _PAUSED = True
+        os.kill(os.getpid(), signal.SIGSTOP)
 
 
 def poison_point(value: bytes | None) -> None:

@@ -31,6 +31,7 @@ from typing import Callable
 from connectors.base import Connector, Outcome, TransferRequest, TransferResult
 from connectors.circuit_breaker import CircuitBreaker
 from runtime import metrics
+from runtime.partition_leases import Fenced
 
 logger = logging.getLogger("ledger.transfers")
 QUEUED_PER_SLOT = 1  # calls queued behind each running one: a freed thread never waits for the processor's loop
@@ -70,12 +71,17 @@ class CallResult:
     result: TransferResult | None  # None: the provider never saw it (resolve/poll), or the call raised
     error: str = ""
     withdrawn: bool = False  # not made: the circuit opened after it was handed over
+    fenced: bool = False  # not made: the instance no longer holds the payee's partition (error says why)
+    partition: int = -1  # (of a fenced call)
 
 
 class ProviderLane:
     def __init__(self, connector: Connector, *, concurrency: int, rate_per_s: float, breaker: CircuitBreaker,
-                 window: int, results: "queue.Queue[CallResult]") -> None:
-        self.connector, self.breaker, self.window = connector, breaker, window
+                 window: int, results: "queue.Queue[CallResult]",
+                 gate: Callable[[str], None] | None = None) -> None:
+        """gate(payee_id): called in the lane's thread just before each call to the provider; raising
+        runtime.partition_leases.Fenced withdraws the call (reported `fenced`: it never reached the provider)."""
+        self.connector, self.breaker, self.window, self.gate = connector, breaker, window, gate
         self.name = connector.name
         self._pool = ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix=f"provider-{self.name}")
         self._bucket = TokenBucket(rate_per_s)
@@ -135,6 +141,8 @@ class ProviderLane:
                                                  withdrawn=True))
                 return
             self._bucket.acquire(self._cost(requests[0], mode) if self._cost and len(requests) == 1 else 1)
+            if self.gate is not None and self._fenced(requests, mode):
+                return
             if mode == "submit" and len(requests) == 1:  # here, not in the processor's loop: a log write there
                 request = requests[0]  # (a system call, the interpreter lock given up) stalls every payout
                 logger.info("paying %s through %s (attempt %d)", request.amount, self.name, request.attempt)
@@ -162,6 +170,18 @@ class ProviderLane:
                 else:
                     self.breaker.record_success()
             self._results.put(CallResult(self.name, request.payout_id, request.attempt, mode, result))
+
+    def _fenced(self, requests: list[TransferRequest], mode: str) -> bool:
+        """Check the gate for every payee of the call (after the token bucket: right before the call)."""
+        try:
+            for request in requests:
+                self.gate(request.payee_id)  # type: ignore[misc]
+        except Fenced as fenced:
+            for request in requests:
+                self._results.put(CallResult(self.name, request.payout_id, request.attempt, mode, None, str(fenced),
+                                             fenced=True, partition=fenced.partition))
+            return True
+        return False
 
     def shutdown(self) -> None:
         self._pool.shutdown(wait=True, cancel_futures=True)

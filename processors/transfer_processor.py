@@ -60,14 +60,19 @@ from ledger.payouts import Payout, PayoutBook, PayoutStatus, named_payout
 from ledger.retry_policy import RetryPolicy
 from processors.checkpoints import Resume, announce
 from processors.fault_points import crash_point
+from processors.breaker_sync import SYNC_EVERY_S, BreakerSync
 from processors.kafka_io import DeliveryFailed, DeliveryTracker, flush_or_raise, make_producer, topic_partitions
 from processors.ledger_replay import CorruptLedger
 from processors.log_reader import LogReader, StopFlag
+from processors.partition_fence import EPOCH_HEADER
 from processors.provider_lane import CallResult, ProviderLane, utc_now
 from processors.transfer_checkpoint import PROCESSOR, TransferCheckpoints, TransferState
+from processors.transfer_partition_checkpoints import PartitionCheckpoints
+from processors.transfer_share import TransferShare
 from runtime import metrics
 from runtime.database import make_engine
 from runtime.logs import log_context
+from runtime.partition_leases import Fenced
 from runtime.providers import lane_limits
 from runtime.settings import Settings
 
@@ -116,8 +121,12 @@ class TransferStats:
 class TransferProcessor:
     def __init__(self, settings: Settings, bootstrap: str, connectors: dict[str, Connector], *,
                  database_url: str | None = None, codec: EventCodec | None = None,
-                 clock: Callable[[], datetime] = utc_now, log: Callable[[str], None] | None = None) -> None:
+                 clock: Callable[[], datetime] = utc_now, log: Callable[[str], None] | None = None,
+                 share: TransferShare | None = None, message_timeout_s: float | None = None) -> None:
+        """share: act only for some partitions, with a share of each provider's limits (`ledger transfers
+        --partitioned`, processors/transfer_instances.py); message_timeout_s: the producer's delivery bound."""
         self.settings, self.bootstrap, self.database_url = settings, bootstrap, database_url
+        self.share = share
         self.codec = codec or EventCodec()
         self.clock, self.log = clock, log or logger.info
         self.policy = RetryPolicy(tuple(settings.retry_delays_s))
@@ -127,17 +136,29 @@ class TransferProcessor:
         self.lanes: dict[str, ProviderLane] = {}
         for name, connector in connectors.items():
             limits = lane_limits(settings, connector)
+            if share is not None:
+                limits = limits.shared_by(share.members)
             self.lanes[name] = ProviderLane(
                 connector, concurrency=limits.concurrency, rate_per_s=limits.rate_per_s,
                 breaker=CircuitBreaker(clock, settings.breaker_failures, settings.breaker_cooldown_s),
-                window=limits.window, results=self._results)
+                window=limits.window, results=self._results, gate=share.check if share is not None else None)
             logger.info("%s lane: %s", name, limits.describe())
-        self._producer = make_producer(bootstrap)
+        self._producer = make_producer(bootstrap, **(
+            {"message.timeout.ms": int(message_timeout_s * 1000)} if message_timeout_s else {}))
         self._tracker = DeliveryTracker()
         self._unflushed = 0
         self._stop = StopFlag()
-        self._checkpoints = None if database_url is None else TransferCheckpoints(
-            make_engine(database_url), settings.checkpoint_every_events, settings.checkpoint_every_s)
+        engine = None if database_url is None else make_engine(database_url)
+        self._checkpoints: TransferCheckpoints | PartitionCheckpoints | None = None
+        self._breakers: BreakerSync | None = None
+        self._breakers_synced = 0.0
+        if engine is not None and share is not None:
+            self._checkpoints = PartitionCheckpoints(engine, share, settings.checkpoint_every_events,
+                                                     settings.checkpoint_every_s)
+            self._breakers = BreakerSync(engine, share.member)
+        elif engine is not None:
+            self._checkpoints = TransferCheckpoints(engine, settings.checkpoint_every_events,
+                                                    settings.checkpoint_every_s)
         self._events: LogReader | None = None
         self._commands: LogReader | None = None  # created once ledger.events is folded to its end
         self._commands_at: dict[int, int] = {}
@@ -189,10 +210,13 @@ class TransferProcessor:
         if self._checkpoints is not None:
             self._checkpoints.cadence.written()  # the first one is due counted from here, not from __init__
         # ledger.events first, to its end; then ledger.commands from the checkpoint (the overlay); then both live
+        mine = self.share.partitions if self.share is not None else None
         self._events = LogReader(self.bootstrap, "transfers", {events_topic: resumed.start(
-            events_topic, topic_partitions(self.bootstrap, events_topic))},
-            proofs=checkpoint.proofs if checkpoint else None, wait_s=0.2)
-        self._commands_at = resumed.start(commands_topic, topic_partitions(self.bootstrap, commands_topic))
+            events_topic, mine if mine is not None else topic_partitions(self.bootstrap, events_topic))},
+            proofs=checkpoint.proofs if checkpoint else None, wait_s=0.2,
+            only=None if mine is None else {events_topic: mine})
+        self._commands_at = resumed.start(
+            commands_topic, mine if mine is not None else topic_partitions(self.bootstrap, commands_topic))
         self._commands_proofs = (checkpoint.proofs if checkpoint else {}).get(commands_topic, {})
         self._covered = checkpoint.events if checkpoint else 0
         pending: list[Event] = []  # outcomes found on ledger.commands, not applied yet
@@ -200,6 +224,8 @@ class TransferProcessor:
         last_activity = time.monotonic()
         try:
             while not self._stop.is_set():
+                if self.share is not None and self.share.should_yield():
+                    break  # the instance's partitions or members changed: a checkpoint, then a new core
                 if phase == "commands":
                     records = self._commands.poll()
                     self._fold_commands(records, pending)
@@ -222,8 +248,10 @@ class TransferProcessor:
                 if phase == "events":
                     if self._events.caught_up:
                         phase = "commands"
-                        self._commands = LogReader(self.bootstrap, "transfers", {commands_topic: self._commands_at},
-                                                   proofs={commands_topic: self._commands_proofs}, wait_s=0.2)
+                        self._commands = LogReader(
+                            self.bootstrap, "transfers", {commands_topic: self._commands_at},
+                            proofs={commands_topic: self._commands_proofs}, wait_s=0.2,
+                            only=None if mine is None else {commands_topic: mine})
                     else:
                         self._checkpoint_if_due()
                     continue
@@ -235,6 +263,7 @@ class TransferProcessor:
                 if changed:
                     last_activity = time.monotonic()
                 self._serve_producer()
+                self._sync_breakers()
                 self._warn_if_unchained()
                 self._checkpoint_if_due()
                 if any(lane.busy for lane in self.lanes.values()):
@@ -259,6 +288,14 @@ class TransferProcessor:
         for lane in self.lanes.values():
             lane.shutdown()
         self._flush()
+
+    def _sync_breakers(self) -> None:
+        """Partitioned: share circuit breakers with the other instances (processors/breaker_sync.py)."""
+        if self._breakers is None or time.monotonic() - self._breakers_synced < SYNC_EVERY_S:
+            return
+        self._breakers_synced = time.monotonic()
+        for name in self._breakers.sync({name: lane.breaker for name, lane in self.lanes.items()}):
+            self._withdrawn(self.lanes[name], self.lanes[name].cancel_queued())
 
     def _now_and_then(self, what: str) -> bool:
         """True at most every HOUSEKEEPING_S per `what`: a call into librdkafka gives up the interpreter lock, and
@@ -345,6 +382,8 @@ class TransferProcessor:
         records = self._covered + self._events.records + (self._commands.records if self._commands else 0)
         try:
             evicted, size = self._checkpoints.write(self._state(), positions, proofs, records)
+        except Fenced:
+            raise
         except Exception as exc:  # noqa: BLE001 - the database is away: keep paying, write the next one later
             self._checkpoints.cadence.written()
             logger.warning("checkpoint not written (%s: %s); the next one is tried later", type(exc).__name__, exc)
@@ -631,6 +670,8 @@ class TransferProcessor:
     def _on_result(self, call: CallResult) -> None:
         lane = self.lanes[call.provider]
         result = call.result  # (the lane's thread has told the breaker)
+        if call.fenced:  # not made: this instance no longer holds the payee's partition (its lease)
+            raise Fenced(call.partition, call.error)
         if call.withdrawn:
             self._withdrawn(lane, [(call.payout_id, call.attempt, call.mode)])
             return
@@ -771,8 +812,12 @@ class TransferProcessor:
         """Queue the event for ledger.commands; not waited for: delivery reports are served once per round of the
         loop (_serve_producer; a poll per record cost ~0.2 ms of the loop's time each) and at a flush."""
         outcome = event.event_type != "PayoutSubmitted"
+        headers = None
+        if self.share is not None:
+            self.share.check(event.payee_id)
+            headers = [(EPOCH_HEADER, self.share.epoch_tag(event.payee_id))]
         self._producer.produce(self.settings.topic_commands, key=event.payee_id.encode(),
-                               value=self.codec.encode(event),
+                               value=self.codec.encode(event), headers=headers,
                                on_delivery=self._outcome_delivered if outcome else self._delivered)
         self._unflushed += 1
         if outcome:

@@ -105,6 +105,7 @@ class PartitionLeases:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._rows_ready = False
+        self.live_members = 1  # as the last rebalance() found them (this instance included)
 
     def start(self) -> None:
         """Register as a live member, then renew (heartbeat + held leases) every renew_every_s in a daemon thread."""
@@ -125,6 +126,7 @@ class PartitionLeases:
                 live = set(connection.execute(_LIVE, {"g": self.group}).scalars())
             self._rows_ready = True
             members = sorted(live | {self.member})  # just heartbeated: live, unless ttl_s is below the round trip
+            self.live_members = len(members)
             fair = {p: members[p % len(members)] for p in range(self.partitions)}
             held = self.owned()
             gained: dict[int, int] = {}

@@ -27,6 +27,13 @@ class LaneLimits:
     rate_per_s: float  # provider requests started per second
     window: int  # attempts recorded and not answered yet
 
+    def shared_by(self, members: int) -> "LaneLimits":
+        """This instance's part when `members` instances share the provider (each rounded down, at least 1)."""
+        if members <= 1:
+            return self
+        return LaneLimits(max(1, self.concurrency // members), self.rate_per_s / members,
+                          max(1, self.window // members))
+
     def describe(self) -> str:
         return f"{self.concurrency} calls in flight, {self.rate_per_s:g} requests/s, {self.window} attempts ahead"
 

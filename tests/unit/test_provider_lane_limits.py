@@ -138,3 +138,62 @@ def test_a_queued_call_never_starts_after_the_failure_that_opened_the_circuit():
     assert breaker.state.value == "open" and connector.calls == 1
     assert [(a.payout_id, a.withdrawn, a.result is None) for a in answers] == [
         ("po-0", False, False), ("po-1", True, True), ("po-2", True, True)]
+
+
+@pytest.mark.parametrize(("members", "expected"), [
+    (1, LaneLimits(16, 25.0, 64)), (2, LaneLimits(8, 12.5, 32)), (3, LaneLimits(5, 25.0 / 3, 21)),
+    (40, LaneLimits(1, 0.625, 1))])
+def test_instances_sharing_a_provider_each_take_their_part_of_its_limits(members, expected):
+    shared = LaneLimits(16, 25.0, 64).shared_by(members)
+    assert shared == expected
+    assert shared.concurrency * members <= 16 or shared.concurrency == 1
+    assert shared.rate_per_s * members == pytest.approx(25.0)
+
+
+class Counting:
+    name = "counting"
+
+    def __init__(self) -> None:
+        self.calls: list[str] = []
+
+    def submit(self, request: TransferRequest) -> TransferResult:
+        self.calls.append(request.payout_id)
+        return TransferResult(Outcome.SETTLED, provider_reference=f"ref-{request.payout_id}")
+
+    def lookup(self, request: TransferRequest) -> TransferResult | None:
+        self.calls.append(f"lookup {request.payout_id}")
+        return None
+
+
+def test_a_call_the_gate_refuses_never_reaches_the_provider_and_is_reported_fenced():
+    from runtime.partition_leases import Fenced
+
+    def gate(payee_id: str) -> None:
+        if payee_id == "lost":
+            raise Fenced(3, "the lease of epoch 7 is lost")
+
+    connector, results = Counting(), queue.Queue()
+    lane = ProviderLane(connector, concurrency=1, rate_per_s=1000.0, window=10, results=results, gate=gate,
+                        breaker=CircuitBreaker(lambda: datetime.now(timezone.utc)))
+    lane.submit([TransferRequest("po-kept", "kept", Money.of(100, "USD"), "manual", "", 1)])
+    lane.submit([TransferRequest("po-lost", "lost", Money.of(100, "USD"), "manual", "", 1)])
+    lane.resolve(TransferRequest("po-lost-2", "lost", Money.of(100, "USD"), "manual", "", 2), "resolve")
+    answers = {answer.payout_id: answer for answer in (results.get(timeout=10) for _ in range(3))}
+    lane.shutdown()
+    assert connector.calls == ["po-kept"]
+    assert answers["po-kept"].result.outcome is Outcome.SETTLED and not answers["po-kept"].fenced
+    for payout_id in ("po-lost", "po-lost-2"):
+        assert answers[payout_id].fenced and answers[payout_id].partition == 3 and answers[payout_id].result is None
+        assert "epoch 7" in answers[payout_id].error
+
+
+def test_a_breaker_tripped_by_another_instance_opens_from_that_moment_and_keeps_a_later_local_opening():
+    now = [datetime(2026, 12, 5, 12, 0, tzinfo=timezone.utc)]
+    breaker = CircuitBreaker(lambda: now[0], failure_threshold=3, cooldown_s=60.0)
+    elsewhere = datetime(2026, 12, 5, 11, 59, 30, tzinfo=timezone.utc)
+    assert breaker.trip(elsewhere) and breaker.is_open() and breaker.opened_at == elsewhere
+    assert not breaker.allow()
+    now[0] = datetime(2026, 12, 5, 12, 0, 31, tzinfo=timezone.utc)  # the cooldown counts from the other's opening
+    assert breaker.allow() and breaker.state.value == "half_open"
+    breaker.record_failure(True)  # the trial fails: open again, from now
+    assert not breaker.trip(elsewhere) and breaker.opened_at == now[0]
