@@ -10,10 +10,10 @@ import sqlalchemy
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from commands.output import metrics_port_option, standby_option, console, emit_json, errors, start_logging
+from commands.processor_lock import processor_lock
 from processors.kafka_io import read_topic
-from processors.checkpoints import CheckpointStore
-from processors.entity_store import EntityStore
-from projections.projector import CHECKPOINT_NAME, NAME, PROJECTED, STATE_FORMAT, Projector
+from projections.projector import NAME, PROJECTED, Projector, clear_checkpoints
+from projections.projector_instances import PartitionedProjector
 from runtime.database import make_engine
 from runtime.metrics import start_metrics_server
 from runtime.settings import Settings
@@ -25,20 +25,29 @@ from runtime.stack import connections
 @click.option("--idle-exit", type=click.FloatRange(min=0.1), default=None,
               help="Exit once caught up and idle this many seconds (default: run until SIGTERM/Ctrl-C).")
 @click.option("--json", "as_json", is_flag=True)
+@click.option("--partitioned", is_flag=True,
+              help="Share the partitions of ledger.events with every other `ledger projector --partitioned` of "
+                   "this ledger: each instance projects the partitions it holds a lease on "
+                   "(LEDGER_PARTITION_LEASE_S) and takes over those of an instance that stops or dies; the owner "
+                   "of partition 0 also projects the dead letters.")
 @metrics_port_option
 @standby_option
-def projector(idle_exit: float | None, as_json: bool, metrics_port: int | None, standby: bool) -> None:
+def projector(idle_exit: float | None, as_json: bool, partitioned: bool, metrics_port: int | None,
+              standby: bool) -> None:
     """Keep payees, balances, earnings, periods, payouts, attempts, dead letters and daily totals current.
 
     Rows, the event archive, each payee's last applied event and the consumer positions are written in
-    one transaction per batch, so a crash neither doubles nor skips anything. One projector per ledger.
+    one transaction per batch, so a crash neither doubles nor skips anything. Without --partitioned one
+    projector runs per ledger (--standby waits to take over); with it, any number run side by side, each
+    owning some partitions. Both write the same rows: a ledger switches between them without a rebuild.
     """
     settings = Settings()
     start_logging(settings, "projector", as_json)
     start_metrics_server(metrics_port)
     bootstrap, database_url = connections(settings)
-    with single_instance(database_url, f"projector:{settings.topic_events}", standby=standby):
-        worker = Projector(settings, bootstrap, database_url)
+    with processor_lock(database_url, f"projector:{settings.topic_events}", partitioned=partitioned, standby=standby):
+        worker = (PartitionedProjector(settings, bootstrap, database_url) if partitioned
+                  else Projector(settings, bootstrap, database_url))
         stats = worker.run(idle_exit_s=idle_exit)
     if as_json:
         emit_json(asdict(stats))
@@ -56,8 +65,9 @@ def projections() -> None:
 @projections.command("rebuild", short_help="Empty the read models and project the whole ledger again.")
 @click.option("--json", "as_json", is_flag=True)
 def rebuild(as_json: bool) -> None:
-    """Truncate every read model (not the append-only event archive), drop the projector's checkpoint and
-    project ledger.events from its first event, with progress; prints the rate in events/s."""
+    """Truncate every read model (not the append-only event archive), drop the projector's checkpoints (the
+    single projector's and each partition's) and project ledger.events from its first event, with progress;
+    prints the rate in events/s. Not while any projector runs, partitioned ones included."""
     settings = Settings()
     bootstrap, database_url = connections(settings)
     with single_instance(database_url, f"projector:{settings.topic_events}"):
@@ -66,8 +76,7 @@ def rebuild(as_json: bool) -> None:
             with engine.begin() as connection:
                 connection.execute(sqlalchemy.text(
                     f"TRUNCATE {', '.join(PROJECTED)}, projection_positions"))  # names are ours, not input
-                CheckpointStore(engine, CHECKPOINT_NAME, STATE_FORMAT).clear(connection)
-                EntityStore(engine, CHECKPOINT_NAME).clear(connection)
+                clear_checkpoints(connection)
         finally:
             engine.dispose()
         total = sum(1 for _ in read_topic(bootstrap, settings.topic_events, timeout_s=600))

@@ -4,6 +4,12 @@ The projector applies each event and writes the rows it changed (absolute values
 writing the same row twice is harmless); `ledger verify` folds the whole log into a fresh ReadModel
 and compares every row with the tables. The money follows the domain folds (ledger/earnings.py for
 balances, ledger/payouts.py for payouts), so the tables say what the ledger says.
+
+Every row belongs to one payee, and so to one partition of ledger.events, except the daily totals,
+which sum over payees: they are kept per partition (`daily_totals_by_partition`, the partition the
+events were read from; the view `daily_totals` sums them). A fold of some partitions only (an instance
+of `ledger projector --partitioned`) then writes exactly the rows of those partitions, and a fold of
+all of them writes the same rows.
 """
 
 from __future__ import annotations
@@ -18,11 +24,12 @@ from ledger.hashchain import event_hash
 from ledger.money import Money
 from ledger.payouts import Payout, PayoutBook, PayoutStatus
 
-TABLES = ("payees", "payee_balances", "earnings", "payout_periods", "payouts", "payout_attempts", "daily_totals")
+TABLES = ("payees", "payee_balances", "earnings", "payout_periods", "payouts", "payout_attempts",
+          "daily_totals_by_partition")
 KEYS = {
     "payees": ("payee_id",), "payee_balances": ("payee_id", "currency"), "earnings": ("event_id",),
     "payout_periods": ("payee_id", "period_id", "currency"), "payouts": ("payout_id",),
-    "payout_attempts": ("payout_id", "attempt"), "daily_totals": ("day", "currency"),
+    "payout_attempts": ("payout_id", "attempt"), "daily_totals_by_partition": ("day", "currency", "partition"),
     "projection_heads": ("payee_id",),
 }
 # What a payout's row needs of its request (the rest, such as its payment ids, is not kept in memory).
@@ -57,20 +64,22 @@ class ReadModel:
         self.heads: dict[str, tuple[int, str, str]] = {}  # payee -> (sequence, event id, hash of stored bytes)
         self.earning_rows: dict[str, dict[str, Any]] = {}
         self.period_rows: dict[tuple[str, str, str], dict[str, Any]] = {}
-        self.daily: dict[tuple[date, str], dict[str, int]] = {}
+        self.daily: dict[tuple[date, str, int], dict[str, int]] = {}  # (day, currency, partition) -> totals
         self.events = 0
         self._prior_status: PayoutStatus | None = None
+        self._partition = 0  # the ledger.events partition of the event being applied
         self._dirty: dict[str, set] = {table: set() for table in (*TABLES, "projection_heads")}
 
     # --- folding -----------------------------------------------------------------------------
 
-    def apply(self, event: Event, encoded: bytes, record: bool = True) -> bool:
-        """Fold one sequenced event (skipped when its payee already has it: False). With record=False the
-        rows it changes are not marked for writing (the tables already hold them: a projector restarting)."""
+    def apply(self, event: Event, encoded: bytes, record: bool = True, *, partition: int) -> bool:
+        """Fold one sequenced event, read from `partition` of ledger.events (skipped when its payee already
+        has it: False). With record=False the rows it changes are not marked for writing (the tables already
+        hold them: a projector restarting)."""
         if not record:
             saved, self._dirty = self._dirty, {table: set() for table in self._dirty}
             try:
-                return self.apply(event, encoded)
+                return self.apply(event, encoded, partition=partition)
             finally:
                 if not self.retain_rows:
                     for (event_id,) in self._dirty["earnings"]:
@@ -91,6 +100,7 @@ class ReadModel:
             self.book.requests[payout_id] = _request(self.book.requests[payout_id])
         self.heads[payee] = (sequence, event.envelope.event_id, event_hash(encoded))
         self.events += 1
+        self._partition = partition
         self._facts(event)
         self._dirty["projection_heads"].add((payee,))
         self._dirty["payees"].add((payee,))
@@ -132,8 +142,8 @@ class ReadModel:
         return {value.currency.code for value in event.payload.values() if isinstance(value, Money)}
 
     def _day(self, at: datetime, currency: str) -> dict[str, int]:
-        key = (at.date(), currency)
-        self._dirty["daily_totals"].add(key)
+        key = (at.date(), currency, self._partition)
+        self._dirty["daily_totals_by_partition"].add(key)
         return self.daily.setdefault(key, dict.fromkeys(DAILY_FIELDS, 0))
 
     def _earning(self, event: Event, kind: str, business_id: str, amount: Money, signed: int, **extra: Any) -> None:
@@ -253,7 +263,7 @@ class ReadModel:
             "earnings": [(i,) for i in self.earning_rows], "payout_periods": list(self.period_rows),
             "payouts": [(i,) for i in self.book.payouts],
             "payout_attempts": [(i, a.number) for i, p in self.book.payouts.items() for a in p.attempts],
-            "daily_totals": list(self.daily)}
+            "daily_totals_by_partition": list(self.daily)}
         return {table: {key: self.row(table, key) for key in table_keys} for table, table_keys in keys.items()}
 
     def row(self, table: str, key: tuple) -> dict[str, Any] | None:
@@ -299,10 +309,11 @@ class ReadModel:
                 "reason_code": a.reason_code, "message": a.message, "retryable": a.retryable,
                 "finished_at": a.finished_at}
 
-    def _row_daily_totals(self, day: date, currency: str) -> dict[str, Any]:
+    def _row_daily_totals_by_partition(self, day: date, currency: str, partition: int) -> dict[str, Any]:
         from ledger.currencies import currency as currency_of
 
-        return {"day": day, "currency": currency, "exponent": currency_of(currency).exponent, **self.daily[(day, currency)]}
+        return {"day": day, "currency": currency, "partition": partition, "exponent": currency_of(currency).exponent,
+                **self.daily[(day, currency, partition)]}
 
 
 def _plain(value: Any) -> Any:

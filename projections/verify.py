@@ -79,7 +79,7 @@ def verify(settings: Settings, bootstrap: str, database_url: str, *,
         links.append(ChainLink(event.payee_id, event.envelope.sequence, event.envelope.previous_hash, raw))
         raw_by_id[event.envelope.event_id] = raw
         try:
-            model.apply(event, raw)
+            model.apply(event, raw, partition=record.partition)
         except InvariantViolation as exc:  # a gap or a foreign event: the chain check names it too
             report.add("fold", payee_id=event.payee_id, sequence=event.envelope.sequence, reason=str(exc))
         report.events += 1

@@ -38,10 +38,11 @@ from tests.integration.transfer_helpers import TWO_DAYS_AGO, sequencer_running, 
 
 ROLE = "ledger_analyst"
 GRANTED_TABLES = {"payees", "payee_balances", "earnings", "payout_periods", "payouts", "payout_attempts",
-                  "dead_letters", "daily_totals", "projection_heads", "projection_positions",
+                  "dead_letters", "daily_totals_by_partition", "projection_heads", "projection_positions",
                   "alerts"}  # migration 0005: alerts, not their deliveries (operators' addresses)
 VIEWS = {"v_earnings_by_payee_month", "v_payout_failure_rate", "v_pending_payouts_by_age",
-         "v_fees_and_commission_by_period", "v_daily_totals"}
+         "v_fees_and_commission_by_period", "v_daily_totals",
+         "daily_totals"}  # migration 0013: the sum of daily_totals_by_partition
 TERMINAL = ("settled", "failed", "cancelled")
 
 
@@ -298,8 +299,8 @@ def test_analyst_role_reads_exactly_the_read_models_and_views(db_url):
     "INSERT INTO payouts (payout_id) VALUES ('x')",
     "UPDATE payouts SET status = 'settled'",
     "DELETE FROM earnings",
-    "TRUNCATE daily_totals",
-    "DELETE FROM v_daily_totals",
+    "TRUNCATE daily_totals_by_partition",
+    "DELETE FROM daily_totals_by_partition",
     "UPDATE projection_heads SET last_sequence = 0",
     "SELECT * FROM payout_controls",
     "SELECT * FROM payout_control_history",
@@ -310,6 +311,12 @@ def test_analyst_role_reads_exactly_the_read_models_and_views(db_url):
 ])
 def test_analyst_role_is_refused_writes_and_operations_tables(db_url, statement):
     with pytest.raises(sqlalchemy.exc.ProgrammingError, match="permission denied"):
+        _as_analyst(db_url, statement)
+
+
+@pytest.mark.parametrize("statement", ["DELETE FROM daily_totals", "DELETE FROM v_daily_totals"])
+def test_the_daily_totals_views_cannot_be_written(db_url, statement):
+    with pytest.raises(sqlalchemy.exc.DBAPIError, match="cannot delete from view"):
         _as_analyst(db_url, statement)
 
 
@@ -333,6 +340,55 @@ def test_downgrade_drops_the_views_and_grants_but_keeps_the_shared_role(unmigrat
     assert state() == {"views": False, "function": False, "usage": False, "role": True}
     assert run_migrations(url) == migrations_head()  # the role exists now: creating it again is skipped, not an error
     assert state() == {"views": True, "function": True, "usage": True, "role": True}
+
+
+DAILY_COUNTS = ("payments", "payments_minor", "refunds", "refunds_minor", "adjustments_minor", "payouts_requested",
+                "payouts_requested_minor", "payouts_settled", "payouts_settled_minor", "payouts_failed",
+                "payouts_failed_minor", "fees_minor")
+
+
+def test_the_daily_totals_go_per_partition_and_come_back_summed(unmigrated_db_url):
+    """Upgrading to 0013 empties the totals (sums over every partition cannot be split) with the projector's heads,
+    checkpoints and stored payouts, so its next start writes every row again; downgrading sums the partitions."""
+    from alembic import command
+
+    url, counts = unmigrated_db_url, ", ".join(DAILY_COUNTS)
+    command.upgrade(alembic_config(url), "0012")
+    engine = make_engine(url)
+    try:
+        with engine.begin() as connection:
+            connection.execute(sqlalchemy.text(
+                f"INSERT INTO daily_totals (day, currency, exponent, {counts}) "
+                f"VALUES ('2026-11-20', 'USD', 2, {', '.join(['7'] * len(DAILY_COUNTS))})"))
+            connection.execute(sqlalchemy.text("INSERT INTO projection_heads (payee_id, last_sequence, last_event_id, "
+                                               "last_hash) VALUES ('p-1', 4, 'e-4', 'h')"))
+            for processor in ("projector:read-models", "projector:read-models:p1", "sequencer"):
+                connection.execute(sqlalchemy.text(
+                    "INSERT INTO processor_checkpoints (processor, format, positions, proofs, state, state_sha256, "
+                    "events, written_at) VALUES (:p, 1, '{}', '{}', '', '', 0, now())"), {"p": processor})
+                connection.execute(sqlalchemy.text("INSERT INTO processor_entities (processor, kind, key, state) "
+                                                   "VALUES (:p, 'payout', 'po-1', '')"), {"p": processor})
+        assert run_migrations(url) == migrations_head()
+        assert query(url, "SELECT count(*) AS n FROM daily_totals_by_partition") == [{"n": 0}]
+        assert query(url, "SELECT count(*) AS n FROM projection_heads") == [{"n": 0}]
+        assert query(url, "SELECT processor FROM processor_checkpoints") == [{"processor": "sequencer"}]
+        assert query(url, "SELECT processor FROM processor_entities") == [{"processor": "sequencer"}]
+
+        with engine.begin() as connection:
+            for partition, (payments, fees) in enumerate([(2, 50), (3, 25)]):
+                values = {column: 0 for column in DAILY_COUNTS} | {"payments": payments, "fees_minor": fees}
+                connection.execute(sqlalchemy.text(
+                    f"INSERT INTO daily_totals_by_partition (day, currency, partition, exponent, {counts}) "
+                    f"VALUES ('2026-11-20', 'USD', :partition, 2, {', '.join(':' + c for c in DAILY_COUNTS)})"),
+                    {"partition": partition, **values})
+        assert query(url, "SELECT payments, fees_minor FROM v_daily_totals") == [{"payments": 5, "fees_minor": 75}]
+        command.downgrade(alembic_config(url), "0012")
+        assert query(url, "SELECT day, currency, exponent, payments, fees_minor FROM daily_totals") == [
+            {"day": date(2026, 11, 20), "currency": "USD", "exponent": 2, "payments": 5, "fees_minor": 75}]
+        assert query(url, "SELECT payments_major, fees_major FROM v_daily_totals") == [
+            {"payments_major": "0.00", "fees_major": "0.75"}]
+    finally:
+        engine.dispose()
 
 
 def test_a_migrating_user_who_may_not_create_roles_is_told_what_to_do(db_url):

@@ -221,7 +221,7 @@ def test_a_settled_payout_evicted_then_reversed_updates_its_row_and_balances(set
 # The classes a checkpoint pickles, as STATE_FORMAT reads them: a change here needs STATE_FORMAT bumped
 # (projections/projector.py), or a checkpoint of the older shape would be unpickled into the new code.
 STATE_SHAPE = {
-    1: {"PayeeEarnings": "closed_through earned_net held in_flight last_sequence lines method minimum paid_out payee_id "
+    2: {"PayeeEarnings": "closed_through earned_net held in_flight last_sequence lines method minimum paid_out payee_id "
                          "plan schedule settled unpaid",
         "EarningLine": "currency deduction gross_minor occurred_at payment_id sequence services",
         "Payout": "accepted_at amount applied attempts cancel_reason correlation_id due_at due_event_id last_event_id "
@@ -229,7 +229,8 @@ STATE_SHAPE = {
                   "requested_at reversed status trigger updated_at",
         "Attempt": "finished_at message number outcome provider provider_reference reason_code retryable submitted_at",
         "_PayeeFacts": "events first_event_at hold_reason last_event_at schedule",
-        "ReadModel": "_dirty _prior_status book daily earning_rows earnings events facts heads period_rows retain_rows",
+        "ReadModel": "_dirty _partition _prior_status book daily earning_rows earnings events facts heads period_rows "
+                     "retain_rows",
         "PayoutBook": "destinations payouts requests"},
 }
 

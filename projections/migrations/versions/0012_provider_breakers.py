@@ -6,13 +6,13 @@ and read the rows about once a second; a row opened less than the cooldown ago o
 too, from the same moment, so a provider in trouble gets its pause from the whole ledger, not from one
 instance while the others keep calling it.
 
-Revision ID: 0013
-Revises: 0012
+Revision ID: 0012
+Revises: 0011
 """
 import sqlalchemy as sa
 from alembic import op
 
-revision = "0013"
+revision = "0012"
 down_revision = "0011"
 branch_labels = None
 depends_on = None
