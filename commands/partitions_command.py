@@ -13,7 +13,8 @@ from runtime.stack import connections
 
 
 def lease_rows(database_url: str) -> dict[str, list[dict]]:
-    """Per lease group (`sequencer:<topic>`, `notifier:<topic>`): its partitions and live members."""
+    """Per lease group (`sequencer:<topic>`, `transfers:<topic>`, `projector:<topic>`, `notifier:<topic>`): its
+    partitions and live members."""
     engine = make_engine(database_url)
     try:
         with engine.connect() as connection:
