@@ -28,6 +28,7 @@ from sqlalchemy.dialects.postgresql import JSONB, insert
 from ledger.codec import EventCodec, UndecodableEvent
 from ledger.events import Event
 from processors.ledger_replay import CorruptLedger
+from processors.fault_points import pause_point
 from processors.kafka_io import topic_partitions
 from processors.log_reader import LogReader, StopFlag
 from processors.notification_delivery import DeliveryStats, deliver_due
@@ -252,6 +253,7 @@ class Notifier:
     def _record_batch(self, reader: LogReader, messages: list) -> None:
         events = []
         for message in messages:
+            pause_point(message.value())  # the fencing test freezes an instance here (LEDGER_FAULT_PAUSE)
             try:
                 events.append(self.codec.decode(message.value() or b""))
             except UndecodableEvent as exc:

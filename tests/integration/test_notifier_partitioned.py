@@ -94,3 +94,86 @@ def test_a_killed_notifiers_partitions_move_and_every_outcome_is_notified_once(s
     delivered = {request["delivery"] for request in receiver.requests if request["verified"]}
     assert delivered == {f"notification-{row['id']}" for row in found}
     assert second.returncode == 0, output()
+
+
+@pytest.mark.faults
+def test_a_notifier_paused_past_its_lease_records_nothing_for_the_partitions_it_lost(settings, receiver, tmp_path):
+    """Frozen (SIGSTOP) after reading a batch and before recording its notices; the other instance takes every
+    partition over and records them; resumed, the frozen one tries to record nothing (every attempted insert
+    into the outbox is audited with the writing process's name), and every outcome has one notice."""
+    partitions = settings.partitions_events
+    payees = [f"ns-{index}" for index in range(4 * partitions)]
+    marked = payees[0]
+    requested = {e.payee_id: e.payload["payout_id"] for e in request_payouts(settings, {p: ("manual", "") for p in payees})}
+    for payee in payees:
+        set_contact(settings.database_url, payee, email=None, webhook_url=f"{receiver.url}/{payee}", actor="t")
+    with sequencer_running(settings), processor_running(settings):
+        wait_until(lambda: {p.status.value for p in book_of(settings).payouts.values()} == {"at_provider"}, 60,
+                   "manual payouts at the operator")
+    book = book_of(settings)
+    engine = make_engine(settings.database_url)
+    with engine.begin() as connection:  # BEFORE INSERT: fires for every row tried, ON CONFLICT DO NOTHING or not
+        connection.execute(sqlalchemy.text(
+            "CREATE TABLE notifier_write_audit (app text, event_id text, at timestamptz DEFAULT clock_timestamp())"))
+        connection.execute(sqlalchemy.text(
+            "CREATE FUNCTION notifier_write_audit() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN "
+            "INSERT INTO notifier_write_audit (app, event_id) VALUES (current_setting('application_name'), "
+            "NEW.event_id); RETURN NEW; END $$"))
+        connection.execute(sqlalchemy.text(
+            "CREATE TRIGGER notifier_write_audit BEFORE INSERT ON payee_notifications "
+            "FOR EACH ROW EXECUTE FUNCTION notifier_write_audit()"))
+    env = env_for(settings, tmp_path, LEDGER_PARTITION_LEASE_S=str(LEASE_S), LEDGER_NOTIFY_WEBHOOK_SECRET=SECRET)
+    logs = []
+
+    def start(name: str, **more: str) -> subprocess.Popen:
+        log = open(tmp_path / f"{name}.log", "a")  # noqa: SIM115 - closed when the test ends
+        logs.append(log)
+        return subprocess.Popen([LEDGER, "notifier", "--partitioned"], env={**env, "PGAPPNAME": name, **more},
+                                stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+
+    def output() -> str:
+        return "\n".join(f"--- {path.name}\n{path.read_text()[-3000:]}" for path in sorted(tmp_path.glob("*.log")))
+
+    def stopped(process: subprocess.Popen) -> bool:
+        return open(f"/proc/{process.pid}/stat").read().split(") ")[1][0] == "T"
+
+    frozen = start("notifier-frozen", LEDGER_FAULT_PAUSE=f"r-{marked}")  # in the marked payee's PayoutSettled only
+    other = None
+    try:
+        wait_until(lambda: owner_pids(settings) == {frozen.pid} and len(owners(settings)) == partitions, 60,
+                   "the first notifier owns every partition")
+        now = datetime.now(timezone.utc)
+        chain(settings, [records.settled(book.get(requested[p]), 1, "manual", f"r-{p}", now) for p in payees])
+        wait_until(lambda: stopped(frozen), 60, "the first notifier froze on the marked payee's outcome", every_s=0.1)
+        other = start("notifier-other")
+        wait_until(lambda: owner_pids(settings) == {other.pid} and len(owners(settings)) == partitions,
+                   LEASE_S + 20, "the other notifier takes every partition over", every_s=0.1)
+        wait_until(lambda: len(rows(settings)) == len(payees) and all_done(settings), 60,
+                   "every notice recorded and delivered by the other")
+        with engine.connect() as connection:
+            resumed_at = connection.execute(sqlalchemy.text("SELECT clock_timestamp()")).scalar()
+        frozen.send_signal(signal.SIGCONT)
+        wait_until(lambda: "the batch was not recorded" in output(), 30, "the resumed notifier finds its lease lost")
+        wait_until(lambda: owner_pids(settings) == {frozen.pid, other.pid}, 60, "the resumed notifier rejoins")
+    except AssertionError as failure:
+        raise AssertionError(f"{failure}\n{output()}") from None
+    finally:
+        for process in (frozen, other):
+            if process is not None and process.poll() is None:
+                process.send_signal(signal.SIGCONT)
+                process.send_signal(signal.SIGTERM)
+                process.wait(30)
+        for log in logs:
+            log.close()
+    with engine.connect() as connection:
+        late = connection.execute(sqlalchemy.text(
+            "SELECT event_id FROM notifier_write_audit WHERE app = 'notifier-frozen' AND at >= :t"),
+            {"t": resumed_at}).scalars().all()
+        by_other = connection.execute(sqlalchemy.text(
+            "SELECT count(*) FROM notifier_write_audit WHERE app = 'notifier-other'")).scalar()
+    engine.dispose()
+    assert late == [], f"the resumed notifier tried to record {len(late)} notices after it lost its partitions"
+    assert by_other >= 1  # the audit sees the instances' writes
+    found = rows(settings)
+    assert sorted(row["payee_id"] for row in found) == sorted(payees)
+    assert all(row["status"] == "sent" for row in found)
