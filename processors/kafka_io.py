@@ -75,6 +75,17 @@ def topic_partitions(bootstrap: str, topic: str) -> list[int]:
     return sorted(metadata.topics[topic].partitions)
 
 
+def same_partition_count(bootstrap: str, topics: tuple[str, ...], who: str) -> int:
+    """The partition count shared by `topics`; ValueError naming each count when they differ. A partitioned
+    processor (`who`) needs it: a payee's records must sit at the partition number of its chain."""
+    counts = {topic: len(topic_partitions(bootstrap, topic)) for topic in topics}
+    if len(set(counts.values())) != 1:
+        shown = ", ".join(f"{topic} {count}" for topic, count in counts.items())
+        raise ValueError(f"{who} needs the same number of partitions on every topic it reads and writes, found "
+                         f"{shown}: a payee's records must sit at the partition number of its chain")
+    return counts[topics[0]]
+
+
 @dataclass(frozen=True)
 class Record:
     topic: str

@@ -26,7 +26,7 @@ from typing import Callable
 
 from confluent_kafka import OFFSET_STORED, TopicPartition
 
-from processors.kafka_io import ConsumerLag, topic_partitions
+from processors.kafka_io import ConsumerLag, same_partition_count
 from processors.partition_fence import PartitionFence, timing
 from processors.sequencer import INFRASTRUCTURE_ERRORS, Sequencer, SequencerStats, good_records
 from processors.sequencer_outputs import make_output_producer
@@ -44,13 +44,8 @@ def lease_group(settings: Settings) -> str:
 
 def check_layout(bootstrap: str, settings: Settings) -> int:
     """Partitioned sequencing needs the input topics laid out like ledger.events; returns the partition count."""
-    counts = {topic: len(topic_partitions(bootstrap, topic))
-              for topic in (settings.topic_incoming, settings.topic_commands, settings.topic_events)}
-    if len(set(counts.values())) != 1:
-        shown = ", ".join(f"{topic} {count}" for topic, count in counts.items())
-        raise ValueError(f"partitioned sequencing needs the same number of partitions on every topic it reads and "
-                         f"writes, found {shown}: a payee's records must sit at the partition number of its chain")
-    return counts[settings.topic_events]
+    return same_partition_count(bootstrap, (settings.topic_events, settings.topic_incoming, settings.topic_commands),
+                                "partitioned sequencing")
 
 
 def _merge(total: SequencerStats, stats: SequencerStats) -> None:

@@ -28,7 +28,7 @@ from typing import Callable
 import sqlalchemy
 
 from connectors.base import Connector
-from processors.kafka_io import topic_partitions
+from processors.kafka_io import same_partition_count
 from processors.partition_fence import timing
 from processors.transfer_processor import TransferProcessor, TransferStats
 from processors.transfer_share import TransferShare
@@ -45,12 +45,7 @@ def lease_group(settings: Settings) -> str:
 
 
 def check_layout(bootstrap: str, settings: Settings) -> int:
-    counts = {topic: len(topic_partitions(bootstrap, topic)) for topic in (settings.topic_events, settings.topic_commands)}
-    if len(set(counts.values())) != 1:
-        shown = ", ".join(f"{topic} {count}" for topic, count in counts.items())
-        raise ValueError(f"partitioned transfers need as many partitions on ledger.commands as on ledger.events, "
-                         f"found {shown}: a payee's outcomes must sit at the partition number of its chain")
-    return counts[settings.topic_events]
+    return same_partition_count(bootstrap, (settings.topic_events, settings.topic_commands), "partitioned transfers")
 
 
 def _add(total: TransferStats, stats: TransferStats) -> None:

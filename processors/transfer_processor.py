@@ -148,7 +148,7 @@ class TransferProcessor:
         self._tracker = DeliveryTracker()
         self._unflushed = 0
         self._stop = StopFlag()
-        engine = None if database_url is None else make_engine(database_url)
+        engine = self._engine = None if database_url is None else make_engine(database_url)
         self._checkpoints: TransferCheckpoints | PartitionCheckpoints | None = None
         self._breakers: BreakerSync | None = None
         self._breakers_synced = 0.0
@@ -281,6 +281,8 @@ class TransferProcessor:
             for reader in (self._events, self._commands):
                 if reader is not None:
                     reader.close()
+            if self._engine is not None:
+                self._engine.dispose()  # its pooled connections (a partitioned instance makes a core per change)
             sys.setswitchinterval(switch_interval)
         return self.stats
 

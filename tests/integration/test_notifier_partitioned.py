@@ -37,6 +37,30 @@ def owner_pids(settings) -> set[int]:  # noqa: ANN001
     return {int(owner.split("-")[-2]) for owner in owners(settings).values()}
 
 
+def manual_payouts_at_the_operator(settings, payees: list[str], webhooks) -> tuple[dict[str, str], object]:  # noqa: ANN001
+    """A manual payout requested for each payee (each with a webhook contact), made by the transfer processor
+    (at the operator now); returns payee -> payout id, and the book."""
+    requested = {e.payee_id: e.payload["payout_id"] for e in request_payouts(settings, {p: ("manual", "") for p in payees})}
+    for payee in payees:
+        set_contact(settings.database_url, payee, email=None, webhook_url=f"{webhooks.url}/{payee}", actor="t")
+    with sequencer_running(settings), processor_running(settings):
+        wait_until(lambda: {p.status.value for p in book_of(settings).payouts.values()} == {"at_provider"}, 60,
+                   "manual payouts at the operator")
+    return requested, book_of(settings)
+
+
+def start_notifier(env: dict[str, str], tmp_path, name: str, logs: list) -> subprocess.Popen:  # noqa: ANN001
+    """`ledger notifier --partitioned` with its output in <name>.log (the file is added to `logs` to close)."""
+    log = open(tmp_path / f"{name}.log", "a")  # noqa: SIM115 - closed when the test ends
+    logs.append(log)
+    return subprocess.Popen([LEDGER, "notifier", "--partitioned"], env=env, stdout=log, stderr=subprocess.STDOUT,
+                            stdin=subprocess.DEVNULL)
+
+
+def logs_of(tmp_path) -> str:  # noqa: ANN001
+    return "\n".join(f"--- {path.name}\n{path.read_text()[-3000:]}" for path in sorted(tmp_path.glob("*.log")))
+
+
 @pytest.mark.faults
 def test_a_killed_notifiers_partitions_move_and_every_outcome_is_notified_once(settings, receiver, tmp_path):
     partitions = settings.partitions_events
@@ -47,25 +71,16 @@ def test_a_killed_notifiers_partitions_move_and_every_outcome_is_notified_once(s
         if sum(partition_for(p.encode(), partitions) == partition_for(name.encode(), partitions) for p in payees) < 4:
             payees.append(name)
         index += 1
-    requested = {e.payee_id: e.payload["payout_id"] for e in request_payouts(settings, {p: ("manual", "") for p in payees})}
-    for payee in payees:
-        set_contact(settings.database_url, payee, email=None, webhook_url=f"{receiver.url}/{payee}", actor="t")
-    with sequencer_running(settings), processor_running(settings):
-        wait_until(lambda: {p.status.value for p in book_of(settings).payouts.values()} == {"at_provider"}, 60,
-                   "manual payouts at the operator")
-    book = book_of(settings)
+    requested, book = manual_payouts_at_the_operator(settings, payees, receiver)
     now = datetime.now(timezone.utc)
     env = env_for(settings, tmp_path, LEDGER_PARTITION_LEASE_S=str(LEASE_S), LEDGER_NOTIFY_WEBHOOK_SECRET=SECRET)
     logs = []
 
     def start(name: str) -> subprocess.Popen:
-        log = open(tmp_path / f"{name}.log", "a")  # noqa: SIM115 - closed when the test ends
-        logs.append(log)
-        return subprocess.Popen([LEDGER, "notifier", "--partitioned"], env=env, stdout=log, stderr=subprocess.STDOUT,
-                                stdin=subprocess.DEVNULL)
+        return start_notifier(env, tmp_path, name, logs)
 
     def output() -> str:
-        return "\n".join(path.read_text()[-2000:] for path in sorted(tmp_path.glob("*.log")))
+        return logs_of(tmp_path)
 
     first, second = start("a"), start("b")
     try:
@@ -104,13 +119,7 @@ def test_a_notifier_paused_past_its_lease_records_nothing_for_the_partitions_it_
     partitions = settings.partitions_events
     payees = [f"ns-{index}" for index in range(4 * partitions)]
     marked = payees[0]
-    requested = {e.payee_id: e.payload["payout_id"] for e in request_payouts(settings, {p: ("manual", "") for p in payees})}
-    for payee in payees:
-        set_contact(settings.database_url, payee, email=None, webhook_url=f"{receiver.url}/{payee}", actor="t")
-    with sequencer_running(settings), processor_running(settings):
-        wait_until(lambda: {p.status.value for p in book_of(settings).payouts.values()} == {"at_provider"}, 60,
-                   "manual payouts at the operator")
-    book = book_of(settings)
+    requested, book = manual_payouts_at_the_operator(settings, payees, receiver)
     engine = make_engine(settings.database_url)
     with engine.begin() as connection:  # BEFORE INSERT: fires for every row tried, ON CONFLICT DO NOTHING or not
         connection.execute(sqlalchemy.text(
@@ -126,13 +135,10 @@ def test_a_notifier_paused_past_its_lease_records_nothing_for_the_partitions_it_
     logs = []
 
     def start(name: str, **more: str) -> subprocess.Popen:
-        log = open(tmp_path / f"{name}.log", "a")  # noqa: SIM115 - closed when the test ends
-        logs.append(log)
-        return subprocess.Popen([LEDGER, "notifier", "--partitioned"], env={**env, "PGAPPNAME": name, **more},
-                                stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+        return start_notifier({**env, "PGAPPNAME": name, **more}, tmp_path, name, logs)
 
     def output() -> str:
-        return "\n".join(f"--- {path.name}\n{path.read_text()[-3000:]}" for path in sorted(tmp_path.glob("*.log")))
+        return logs_of(tmp_path)
 
     def stopped(process: subprocess.Popen) -> bool:
         return open(f"/proc/{process.pid}/stat").read().split(") ")[1][0] == "T"

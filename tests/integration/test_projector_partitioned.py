@@ -34,7 +34,8 @@ from projections.read_model import DAILY_FIELDS, ReadModel
 from projections.verify import verify
 from runtime.database import make_engine
 from runtime.settings import Settings
-from tests.integration.cli_env import LEDGER, env_for, run_ledger_json
+from tests.integration.partitioned_instances import PartitionedInstances, member_pid
+from tests.integration.cli_env import LEDGER, run_ledger_json
 from tests.integration.sequencing_helpers import ledger_events
 from tests.integration.test_projector import history
 from tests.integration.test_sequencer_partitioned import payees_by_partition, wait_until
@@ -44,49 +45,12 @@ LEASE_S = 4.0
 TAKEOVER_BOUND_S = LEASE_S + 6.0  # the lease runs out, then the next rebalance (every LEASE_S / 5) and a resume
 
 
-class Instances:
+class Instances(PartitionedInstances):
     """`ledger projector --partitioned` processes of one test; each start has its own PGAPPNAME and log."""
 
     def __init__(self, settings: Settings, tmp_path: Path) -> None:
-        self.settings, self.tmp_path = settings, tmp_path
-        self.env = env_for(settings, tmp_path, LEDGER_PARTITION_LEASE_S=str(LEASE_S))
-        self.processes: dict[str, subprocess.Popen] = {}
-        self.pid_of: dict[str, int] = {}  # application name -> pid
-        self.engine = make_engine(settings.database_url)
-        self.started = 0
+        super().__init__(settings, tmp_path, "projector", lease_group(settings), LEDGER_PARTITION_LEASE_S=str(LEASE_S))
         self._audit()
-
-    def start(self, name: str, *args: str, **env: str) -> subprocess.Popen:
-        self.started += 1
-        app = f"{name}-{self.started}"
-        log = open(self.tmp_path / f"{app}.log", "w")  # noqa: SIM115 - closed with the process
-        process = subprocess.Popen([LEDGER, "projector", "--partitioned", *args], stdout=log,
-                                   env={**self.env, "PGAPPNAME": app, **env}, stderr=subprocess.STDOUT,
-                                   stdin=subprocess.DEVNULL)
-        self.processes[name] = process
-        self.pid_of[app] = process.pid
-        return process
-
-    def log_of(self, name: str) -> str:
-        return "\n".join(path.read_text() for path in sorted(self.tmp_path.glob(f"{name}-*.log")))
-
-    def logs(self) -> str:
-        return "\n".join(f"--- {path.name}\n{path.read_text()[-3000:]}" for path in sorted(self.tmp_path.glob("*.log")))
-
-    def owners(self) -> dict[int, tuple[str | None, int]]:
-        with self.engine.connect() as connection:
-            rows = connection.execute(sqlalchemy.text(
-                "SELECT partition, owner, epoch FROM partition_leases WHERE grp = :g AND expires_at > now()"),
-                {"g": lease_group(self.settings)}).all()
-        return {partition: (owner, epoch) for partition, owner, epoch in rows}
-
-    def owner_pids(self) -> dict[int, int]:
-        """partition -> pid of the live owner (member names are host-pid-random)."""
-        return {partition: _pid(owner) for partition, (owner, _) in self.owners().items() if owner}
-
-    def owns_all(self, *processes: subprocess.Popen) -> bool:
-        pids = self.owner_pids()
-        return len(pids) == self.settings.partitions_events and set(pids.values()) == {p.pid for p in processes}
 
     def _audit(self) -> None:
         """Record, for every projection_positions row written, who wrote it and who owned its lease then."""
@@ -121,25 +85,7 @@ class Instances:
         dlq = {row["app"] for row in writes if row["topic"] == self.settings.topic_dlq}
         assert dlq, "nobody projected the dead letters"
 
-    def stop_all(self) -> None:
-        for process in self.processes.values():
-            if process.poll() is None:
-                process.send_signal(signal.SIGCONT)
-                process.send_signal(signal.SIGTERM)
-        for process in self.processes.values():
-            try:
-                process.wait(30)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait(10)
-
-    def close(self) -> None:
-        self.stop_all()
-        self.engine.dispose()
-
-
-def _pid(member: str) -> int:
-    return int(member.split("-")[-2])
+_pid = member_pid
 
 
 @pytest.fixture

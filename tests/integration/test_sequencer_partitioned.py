@@ -20,7 +20,6 @@ from pathlib import Path
 from typing import Callable
 
 import pytest
-import sqlalchemy
 
 from ledger.codec import EventCodec
 from ledger.intake import parse_record
@@ -30,8 +29,8 @@ from processors.partition_fence import EPOCH_HEADER
 from processors.partitioning import partition_for
 from processors.sequencer_instances import lease_group
 from processors.sequencer_outputs import REROUTED_HEADER
-from runtime.database import make_engine
-from tests.integration.cli_env import LEDGER, env_for
+from tests.integration.cli_env import LEDGER
+from tests.integration.partitioned_instances import PartitionedInstances
 from tests.integration.sequencing_helpers import chain_breaks, dead_letters, ledger_events, payment, send_raw
 
 LEASE_S = 4.0
@@ -60,59 +59,20 @@ def payees_by_partition(partitions: int, per_partition: int) -> dict[int, list[s
     return found
 
 
-class Instances:
+class Instances(PartitionedInstances):
     """`ledger sequencer --partitioned` processes of one test, their logs kept for a failure's message."""
 
     def __init__(self, settings, tmp_path: Path) -> None:  # noqa: ANN001 - Settings
-        self.settings, self.tmp_path = settings, tmp_path
         # poison deaths: the tests' own kills are not the records' fault (see test_sequencer_faults.py)
-        self.env = env_for(settings, tmp_path, LEDGER_PARTITION_LEASE_S=str(LEASE_S),
-                           LEDGER_SEQUENCER_BATCH_MAX="50", LEDGER_SEQUENCER_POISON_DEATHS="10")
-        self.processes: dict[str, subprocess.Popen] = {}
-        self.engine = make_engine(settings.database_url)
-        self.started = 0
-
-    def start(self, name: str, **env: str) -> subprocess.Popen:
-        self.started += 1
-        log = open(self.tmp_path / f"{name}-{self.started}.log", "w")  # noqa: SIM115 - closed with the process
-        process = subprocess.Popen([LEDGER, "sequencer", "--partitioned"], env={**self.env, **env}, stdout=log,
-                                   stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
-        self.processes[name] = process
-        return process
-
-    def logs(self) -> str:
-        return "\n".join(f"--- {path.name}\n{path.read_text()[-3000:]}" for path in sorted(self.tmp_path.glob("*.log")))
-
-    def owners(self) -> dict[int, tuple[str | None, int]]:
-        with self.engine.connect() as connection:
-            rows = connection.execute(sqlalchemy.text(
-                "SELECT partition, owner, epoch FROM partition_leases WHERE grp = :g AND expires_at > now()"),
-                {"g": lease_group(self.settings)}).all()
-        return {partition: (owner, epoch) for partition, owner, epoch in rows}
-
-    def owner_pids(self) -> dict[int, int]:
-        """partition -> pid of the live owner (member names are host-pid-random)."""
-        return {partition: int(owner.split("-")[-2]) for partition, (owner, _) in self.owners().items() if owner}
-
-    def stop_all(self) -> None:
-        for process in self.processes.values():
-            if process.poll() is None:
-                process.send_signal(signal.SIGCONT)
-                process.send_signal(signal.SIGTERM)
-        for process in self.processes.values():
-            try:
-                process.wait(30)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait(10)
-        self.engine.dispose()
+        super().__init__(settings, tmp_path, "sequencer", lease_group(settings), LEDGER_PARTITION_LEASE_S=str(LEASE_S),
+                         LEDGER_SEQUENCER_BATCH_MAX="50", LEDGER_SEQUENCER_POISON_DEATHS="10")
 
 
 @pytest.fixture
 def instances(settings, tmp_path):
     running = Instances(settings, tmp_path)
     yield running
-    running.stop_all()
+    running.close()
 
 
 def send_payments(settings, payees: list[str], ids: range, rng: random.Random) -> dict[str, str]:  # noqa: ANN001

@@ -12,20 +12,20 @@ from __future__ import annotations
 
 import random
 import signal
-import subprocess
 import time
 from collections import Counter
 from pathlib import Path
 
 import pytest
-import sqlalchemy
 
 from processors.kafka_io import read_topic
 from processors.partition_fence import EPOCH_HEADER
 from processors.transfer_instances import lease_group
-from runtime.database import make_engine
 from sandbox.stripe import StripeTestServer
-from tests.integration.cli_env import LEDGER, env_for
+from runtime.kafka_admin import ensure_topics
+from runtime.settings import TopicSpec
+from tests.integration.cli_env import env_for, run_ledger
+from tests.integration.partitioned_instances import PartitionedInstances
 from tests.integration.sequencing_helpers import dead_letters, ledger_events
 from tests.integration.test_sequencer_partitioned import payees_by_partition
 from tests.integration.transfer_helpers import book_of, outcome_counts, request_payouts, sequencer_running
@@ -34,54 +34,8 @@ LEASE_S = 4.0
 TAKEOVER_BOUND_S = LEASE_S + 8.0  # the lease runs out, the next rebalance (LEASE_S / 5), a new core resumes
 
 
-class Instances:
-    """`ledger transfers --partitioned` processes of one test, their logs kept for a failure's message."""
-
-    def __init__(self, settings, tmp_path: Path, env: dict[str, str]) -> None:  # noqa: ANN001 - Settings
-        self.settings, self.tmp_path, self.env = settings, tmp_path, env
-        self.processes: dict[str, subprocess.Popen] = {}
-        self.engine = make_engine(settings.database_url)
-        self.started = 0
-
-    def start(self, name: str, **env: str) -> subprocess.Popen:
-        self.started += 1
-        log = open(self.tmp_path / f"{name}-{self.started}.log", "w")  # noqa: SIM115 - closed with the process
-        process = subprocess.Popen([LEDGER, "transfers", "--partitioned"], env={**self.env, **env}, stdout=log,
-                                   stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
-        self.processes[name] = process
-        return process
-
-    def logs(self) -> str:
-        return "\n".join(f"--- {path.name}\n{path.read_text()[-4000:]}" for path in sorted(self.tmp_path.glob("*.log")))
-
-    def wait_for(self, condition, timeout_s: float, what: str) -> None:  # noqa: ANN001 - a callable
-        """Poll `condition` with a bounded deadline; fail with the instances' logs (read then, not before)."""
-        deadline = time.monotonic() + timeout_s
-        while not condition():
-            if time.monotonic() > deadline:
-                codes = {name: process.poll() for name, process in self.processes.items()}
-                raise AssertionError(f"not within {timeout_s} s: {what} (exit codes {codes})\n{self.logs()}")
-            time.sleep(0.1)  # polling interval of a bounded wait, not a wait for work
-
-    def owner_pids(self) -> dict[int, int]:
-        with self.engine.connect() as connection:
-            rows = connection.execute(sqlalchemy.text(
-                "SELECT partition, owner FROM partition_leases WHERE grp = :g AND expires_at > now()"),
-                {"g": lease_group(self.settings)}).all()
-        return {partition: int(owner.split("-")[-2]) for partition, owner in rows if owner}
-
-    def stop_all(self) -> None:
-        for process in self.processes.values():
-            if process.poll() is None:
-                process.send_signal(signal.SIGCONT)
-                process.send_signal(signal.SIGTERM)
-        for process in self.processes.values():
-            try:
-                process.wait(30)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait(10)
-        self.engine.dispose()
+def transfer_instances(settings, tmp_path: Path, env: dict[str, str]) -> PartitionedInstances:  # noqa: ANN001
+    return PartitionedInstances(settings, tmp_path, "transfers", lease_group(settings), **env)
 
 
 def stripe_payees(stripe_server: StripeTestServer, partitions: int, per_partition: int) -> dict[str, tuple[str, str]]:
@@ -127,12 +81,11 @@ def test_two_instances_share_the_payouts_and_survive_sigkills(settings, tmp_path
     with StripeTestServer() as stripe_server:
         payees = stripe_payees(stripe_server, settings.partitions_events, 40)
         requested = {e.payload["payout_id"]: e for e in request_payouts(settings, payees)}
-        env = env_for(settings, tmp_path, LEDGER_STRIPE_API_KEY="sk_test_ledger",
-                      LEDGER_STRIPE_API_BASE=stripe_server.url, LEDGER_STRIPE_TIMEOUT_S="2",
-                      LEDGER_PROVIDER_CONCURRENCY="2", LEDGER_PROVIDER_RATE_PER_S="10",
-                      LEDGER_PARTITION_LEASE_S=str(LEASE_S),
-                      LEDGER_FAULT_POINTS="before_submit:0.01,after_submit:0.02,before_outcome:0.02")
-        instances = Instances(settings, tmp_path, env)
+        env = dict(LEDGER_STRIPE_API_KEY="sk_test_ledger", LEDGER_STRIPE_API_BASE=stripe_server.url,
+                   LEDGER_STRIPE_TIMEOUT_S="2", LEDGER_PROVIDER_CONCURRENCY="2", LEDGER_PROVIDER_RATE_PER_S="10",
+                   LEDGER_PARTITION_LEASE_S=str(LEASE_S),
+                   LEDGER_FAULT_POINTS="before_submit:0.01,after_submit:0.02,before_outcome:0.02")
+        instances = transfer_instances(settings, tmp_path, env)
         kills = Counter()
         try:
             with sequencer_running(settings):
@@ -179,7 +132,7 @@ def test_two_instances_share_the_payouts_and_survive_sigkills(settings, tmp_path
                     instances.start(name, LEDGER_FAULT_POINTS="")
                 instances.wait_for(lambda: all_settled(settings, requested), 180, "every payout final after the kills")
         finally:
-            instances.stop_all()
+            instances.close()
         assert kills["outside, payouts open"] >= 6, kills
         assert_paid_exactly_once(settings, stripe_server, requested, instances.logs())
         print(f"kills: {dict(kills)}; payouts {len(requested)}")
@@ -193,9 +146,9 @@ def test_an_instance_paused_past_its_lease_acts_on_nothing_it_lost(settings, tmp
     with StripeTestServer() as stripe_server:
         payees = stripe_payees(stripe_server, settings.partitions_events, 4)
         requested = {e.payload["payout_id"]: e for e in request_payouts(settings, payees)}
-        env = env_for(settings, tmp_path, LEDGER_STRIPE_API_KEY="sk_test_ledger",
-                      LEDGER_STRIPE_API_BASE=stripe_server.url, LEDGER_PARTITION_LEASE_S=str(LEASE_S))
-        instances = Instances(settings, tmp_path, env)
+        env = dict(LEDGER_STRIPE_API_KEY="sk_test_ledger", LEDGER_STRIPE_API_BASE=stripe_server.url,
+                   LEDGER_PARTITION_LEASE_S=str(LEASE_S))
+        instances = transfer_instances(settings, tmp_path, env)
         try:
             with sequencer_running(settings):
                 frozen = instances.start("frozen", LEDGER_FAULT_STOP_AT="before_outcome")
@@ -217,5 +170,17 @@ def test_an_instance_paused_past_its_lease_acts_on_nothing_it_lost(settings, tmp
                                    "the resumed instance rejoins")
                 assert outcome_counts(settings) == settled_before
         finally:
-            instances.stop_all()
+            instances.close()
         assert_paid_exactly_once(settings, stripe_server, requested, instances.logs())
+
+
+def test_partitioned_transfers_refuse_topics_laid_out_differently(settings, tmp_path):
+    """ledger.commands with another partition count than ledger.events: a payee's outcomes would not sit at
+    its chain's partition number, so the instance refuses to start, naming both counts."""
+    other_commands = f"{settings.topic_commands}.one"
+    ensure_topics(settings.kafka_bootstrap, [TopicSpec(other_commands, 1, {})])
+    env = env_for(settings, tmp_path, LEDGER_TOPIC_COMMANDS=other_commands)
+    done = run_ledger(env, "transfers", "--partitioned", "--idle-exit", "1", check=False, timeout_s=120)
+    assert done.returncode != 0
+    assert (f"partitioned transfers needs the same number of partitions on every topic it reads and writes, found "
+            f"{settings.topic_events} {settings.partitions_events}, {other_commands} 1") in done.stderr, done.stderr
