@@ -84,6 +84,9 @@ def _register() -> None:
     from commands import demo_command
 
     cli.add_command(demo_command.demo)
+    from commands import soak_command
+
+    cli.add_command(soak_command.soak)
     cli.add_command(sequencer_command.sequencer)
     cli.add_command(dlq.dlq)
     cli.add_command(publish.publish)

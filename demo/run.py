@@ -18,7 +18,7 @@ from typing import Any, Callable
 
 import sqlalchemy
 
-from demo.data import DemoInputs, DemoPayee, make_inputs, make_payees
+from demo.data import DemoInputs, make_inputs, make_payees
 from demo.drain import wait_quiet
 from demo.operator import DemoOperator
 from demo.processes import EVENT_MAKERS, Processors

@@ -1,0 +1,176 @@
+"""The soak's processors and its fault schedule: two instances of each partitioned processor, killed at random.
+
+`ChaosProcessors` runs every processor the demo runs, the partitioned ones (sequencer, projector,
+transfers, notifier) as `--partitioned` instances, and restarts any instance that dies (a SIGKILL from
+the schedule, or one it gave itself at a crash point: LEDGER_FAULT_POINTS), so a dead processor is a
+fault to ride out, not an error. `FaultSchedule` is derived from the seed alone: the same seed gives the
+same list of (delay, victim, provider trouble), whatever the timing of the processes.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import subprocess
+import threading
+import time
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+
+from demo.processes import LEDGER, PROCESSORS, ProcessorDied
+from runtime.processes import log_tail, stop_pid
+
+PARTITIONED = ("sequencer", "projector", "transfers", "notifier")
+# how often each kind is picked as a victim: the aggregator (Faust) takes ~25 s to rejoin its group after a
+# kill, so it is picked rarely, and never twice within AGGREGATOR_GAP_S
+WEIGHTS = {"sequencer": 4, "projector": 3, "transfers": 4, "notifier": 2, "aggregator": 1, "alerts": 1}
+AGGREGATOR_GAP_S = 60.0
+MAX_CRASHES = 3  # exits other than SIGKILL of one instance before the soak gives up
+STRIPE_TROUBLE = ("server_error", "rate_limit", "accepted_then_500", "reset", "accepted_then_reset")
+
+
+@dataclass(frozen=True)
+class Fault:
+    delay_s: float  # after the previous fault
+    victim: str  # a kind (WEIGHTS); the instance is picked among the running ones with the same draw
+    pick: int
+    trouble: str | None  # a Stripe fault injected with the kill, or None
+
+
+def fault_schedule(seed: int, count: int, mean_gap_s: float) -> list[Fault]:
+    rng = random.Random(seed ^ 0x5EED)
+    kinds, weights = zip(*WEIGHTS.items())
+    faults = []
+    for _ in range(count):
+        trouble = rng.choice(STRIPE_TROUBLE) if rng.random() < 0.1 else None
+        faults.append(Fault(min(rng.expovariate(1 / mean_gap_s), 4 * mean_gap_s), rng.choices(kinds, weights)[0],
+                            rng.randrange(1 << 30), trouble))
+    return faults
+
+
+class ChaosProcessors:
+    """The demo's `Processors` interface (check, stop, stop_all, pids, log_dir), with instances and restarts."""
+
+    def __init__(self, log_dir: Path, env: dict[str, str], transfer_env: dict[str, str], instances: int,
+                 fault_points: str) -> None:
+        self.log_dir, self.env, self.transfer_env = log_dir, env, transfer_env
+        self.fault_points = fault_points
+        self.specs = {f"{name}-{n}": name for name in PROCESSORS
+                      for n in range(1, (instances if name in PARTITIONED else 1) + 1)}
+        self.running: dict[str, subprocess.Popen] = {}
+        self.deaths: Counter = Counter()  # kind -> deaths the schedule did not cause (crash points)
+        self.kills: Counter = Counter()  # kind -> SIGKILLs sent by the schedule
+        self.restarts = 0
+        self.crashes: list[str] = []  # exits that were not a SIGKILL (an error, a refused setting): a failure
+        self._stopped: set[str] = set()
+        self._lock = threading.RLock()
+        self._last_aggregator_kill = 0.0
+
+    def __enter__(self) -> "ChaosProcessors":
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        try:
+            for instance in self.specs:
+                self._start(instance)
+        except BaseException:
+            self.stop_all()
+            raise
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop_all()
+
+    def _start(self, instance: str) -> None:
+        name = self.specs[instance]
+        arguments = [*PROCESSORS[name], *(["--partitioned"] if name in PARTITIONED else [])]
+        env = {**os.environ, **self.env, **(self.transfer_env if name == "transfers" else {}),
+               "LEDGER_FAULT_POINTS": self.fault_points, "PGAPPNAME": instance}
+        with (self.log_dir / f"{instance}.log").open("ab") as handle:
+            self.running[instance] = subprocess.Popen([LEDGER, *arguments], env=env, stdin=subprocess.DEVNULL,
+                                                      stdout=handle, stderr=subprocess.STDOUT, start_new_session=True)
+
+    def check(self) -> None:
+        """Restart every instance that died (a crash point's SIGKILL, or anything else: counted by kind)."""
+        with self._lock:
+            for instance, process in list(self.running.items()):
+                if instance in self._stopped or process.poll() is None:
+                    continue
+                self.deaths[f"{self.specs[instance]} (exit {process.returncode})"] += 1
+                if process.returncode != -signal.SIGKILL:  # not a crash point: the processor failed by itself
+                    self.crashes.append(f"{instance} exited {process.returncode}: {self.tail(instance)[-300:]}")
+                    if sum(1 for crash in self.crashes if crash.startswith(f"{instance} ")) >= MAX_CRASHES:
+                        raise ProcessorDied(f"{instance} exited {process.returncode} {MAX_CRASHES} times; the end of "
+                                            f"its log:\n{self.tail(instance)}")
+                self._start(instance)
+                self.restarts += 1
+
+    def kill(self, fault: Fault) -> str | None:
+        """SIGKILL one running instance of the fault's kind and start it again; returns the instance."""
+        with self._lock:
+            if fault.victim == "aggregator":
+                if time.monotonic() - self._last_aggregator_kill < AGGREGATOR_GAP_S:
+                    return None
+                self._last_aggregator_kill = time.monotonic()
+            candidates = sorted(i for i, name in self.specs.items() if name == fault.victim and i not in self._stopped)
+            if not candidates:
+                return None
+            instance = candidates[fault.pick % len(candidates)]
+            process = self.running[instance]
+            if process.poll() is None:
+                os.killpg(process.pid, signal.SIGKILL)  # its own session: the process and anything it started
+                process.wait(timeout=10)
+                self.kills[fault.victim] += 1
+            self._start(instance)
+            self.restarts += 1
+            return instance
+
+    def stop(self, names: tuple[str, ...]) -> None:
+        """Stop every instance of these kinds (SIGTERM, then SIGKILL after a bound); they are not restarted."""
+        with self._lock:
+            for instance, name in self.specs.items():
+                if name in names and instance not in self._stopped:
+                    self._stopped.add(instance)
+                    process = self.running[instance]
+                    stop_pid(process.pid, timeout_s=15)
+                    process.wait(timeout=10)
+
+    def stop_all(self) -> None:
+        self.stop(tuple(reversed(list(PROCESSORS))))
+
+    def pids(self) -> dict[str, int]:
+        return {instance: process.pid for instance, process in self.running.items() if instance not in self._stopped}
+
+    def tail(self, instance: str) -> str:
+        return log_tail(self.log_dir / f"{instance}.log")
+
+
+class ChaosThread(threading.Thread):
+    """Walks the fault schedule until stopped: wait, kill (and restart) the victim, maybe trouble Stripe."""
+
+    def __init__(self, processors: ChaosProcessors, schedule: list[Fault], stripe) -> None:  # noqa: ANN001
+        super().__init__(name="soak-faults", daemon=True)
+        self.processors, self.schedule, self.stripe = processors, schedule, stripe
+        self.stopping = threading.Event()
+        self.applied = 0
+        self.troubles = 0
+        self.error: BaseException | None = None
+
+    def run(self) -> None:
+        try:
+            for fault in self.schedule:
+                if self.stopping.wait(fault.delay_s):
+                    return
+                if fault.trouble is not None:
+                    self.stripe.inject(path_prefix="/v1/transfers", method="POST", kind=fault.trouble, times=1,
+                                       retry_after_s=1)
+                    self.troubles += 1
+                self.processors.kill(fault)
+                self.processors.check()
+                self.applied += 1
+        except BaseException as error:  # noqa: BLE001 - reported by the soak
+            self.error = error
+
+    def stop(self) -> None:
+        self.stopping.set()
+        self.join(timeout=30)
