@@ -95,7 +95,11 @@ def run_soak(settings: Settings, options: SoakOptions, reporter: Reporter | None
         by_id = {payee.payee_id: payee for payee in payees}
         env = {"LEDGER_KAFKA_BOOTSTRAP": bootstrap, "LEDGER_DATABASE_URL": database_url,
                "LEDGER_DATA_DIR": str(settings.data_dir.resolve()), "LEDGER_PARTITION_LEASE_S": "6",
-               "LEDGER_SEQUENCER_POISON_DEATHS": "10"}  # the most it allows: the schedule's kills are not the records' fault
+               # the schedule's kills are not the records' fault: the most deaths before a record counts as poison
+               "LEDGER_SEQUENCER_POISON_DEATHS": "10",
+               # after an unclean stop a sequencer processes its next batch_max records one at a time (to find a
+               # poison record); at 2,000 a kill every few seconds keeps it in that slow mode for good
+               "LEDGER_SEQUENCER_BATCH_MAX": "200"}
         reporter.phase(f"starting {options.instances} instances of each partitioned processor")
         tail = LedgerTail(bootstrap, settings.topic_events, set(by_id))
         log_dir = settings.data_dir.resolve() / "soak" / f"logs-{seed}"

@@ -75,5 +75,5 @@ def pause_point(value: bytes | None) -> None:
 def planted(bug: str) -> bool:
     """With LEDGER_PLANTED_BUG=<bug>, a deliberate defect is switched on, to prove that the soak notices it
     (tests/integration/test_soak.py). Known: commit_before_flush (the sequencer commits a batch's input
-    offsets before its outputs are flushed: a crash in between loses those records)."""
+    offsets before it makes the batch's outputs, let alone flushes them: a crash in between loses those records)."""
     return os.environ.get("LEDGER_PLANTED_BUG", "") == bug

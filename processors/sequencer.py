@@ -401,6 +401,10 @@ class Sequencer:
                                check_lease=self.fence.check if self.fence is not None else None)
         parked: dict[Source, Waiting] = {}
         done: list[Source] = []  # waiting refunds chained or dead-lettered in this batch
+        early: dict[tuple[str, int], int] = {}
+        if records and planted("commit_before_flush"):  # a deliberate defect, only for the soak's own test:
+            early = self._commit(consumer, records)  # the inputs are committed before their outputs exist
+            crash_point("sequencer_planted_window")  # a crash here loses the batch: what the soak must notice
         self._prepare(records, retry)
         if self.claims is not None:
             self._claim_batch()
@@ -415,9 +419,6 @@ class Sequencer:
         # causes reprocessing (duplicates are dropped, a refund parked twice is one row).
         if self._claimed:
             self._release_claims()
-        early: dict[tuple[str, int], int] = {}
-        if records and planted("commit_before_flush"):  # a deliberate defect, only for the soak's own test
-            early = self._commit(consumer, records)
         if records:
             crash_point("sequencer_before_flush")
         outputs.flush()
