@@ -99,7 +99,7 @@ class PartitionedTransfers:
         idle_since = time.monotonic()
         try:
             while not self._stop.is_set():
-                self._rebalance(force=True)
+                self._rebalance()
                 self._release()
                 owned = self.leases.owned()
                 if not owned:
@@ -149,7 +149,7 @@ class PartitionedTransfers:
             self._rebalance()
         return self._changed
 
-    def _rebalance(self, force: bool = False) -> None:
+    def _rebalance(self) -> None:
         self._next_rebalance = time.monotonic() + self.renew_s
         try:
             change = self.leases.rebalance()

@@ -50,9 +50,6 @@ class TransferShare:
     def partition_of(self, payee_id: str) -> int:
         return _partition(payee_id, self.partitions_total)
 
-    def owns(self, payee_id: str) -> bool:
-        return self.partition_of(payee_id) in self.epochs
-
     def check(self, payee_id: str) -> None:
         """Raise Fenced unless this core may still write (or call a provider) for the payee's partition."""
         partition = self.partition_of(payee_id)
