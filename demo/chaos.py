@@ -18,15 +18,21 @@ import time
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 from demo.processes import LEDGER, PROCESSORS, ProcessorDied
 from runtime.processes import log_tail, stop_pid
 
 PARTITIONED = ("sequencer", "projector", "transfers", "notifier")
 # how often each kind is picked as a victim: the aggregator (Faust) takes ~25 s to rejoin its group after a
-# kill, so it is picked rarely, and never twice within AGGREGATOR_GAP_S
-WEIGHTS = {"sequencer": 4, "projector": 3, "transfers": 4, "notifier": 2, "aggregator": 1, "alerts": 1}
+# kill, so it is picked rarely, and never twice within AGGREGATOR_GAP_S; "postgres" restarts the embedded
+# PostgreSQL (at most once per POSTGRES_GAP_S; skipped when the database is not the embedded one)
+WEIGHTS = {"sequencer": 4, "projector": 3, "transfers": 4, "notifier": 2, "aggregator": 1, "alerts": 1, "api": 1,
+           "webhooks": 1, "postgres": 1}
 AGGREGATOR_GAP_S = 60.0
+POSTGRES_GAP_S = 45.0
+# exits other than a SIGKILL within this long after a PostgreSQL restart began are the outage's, not a bug's
+OUTAGE_GRACE_S = 30.0
 MAX_CRASHES = 3  # exits other than SIGKILL of one instance before the soak gives up
 STRIPE_TROUBLE = ("server_error", "rate_limit", "accepted_then_500", "reset", "accepted_then_reset")
 
@@ -54,11 +60,21 @@ class ChaosProcessors:
     """The demo's `Processors` interface (check, stop, stop_all, pids, log_dir), with instances and restarts."""
 
     def __init__(self, log_dir: Path, env: dict[str, str], transfer_env: dict[str, str], instances: int,
-                 fault_points: str) -> None:
+                 fault_points: str, servers: dict[str, list[str]] | None = None,
+                 restart_database: Callable[[], bool] | None = None) -> None:
+        """`servers`: more processes by name ("api", "webhooks") and their `ledger` arguments, one instance
+        each; `restart_database`: restarts PostgreSQL (None: the schedule's "postgres" faults are skipped)."""
         self.log_dir, self.env, self.transfer_env = log_dir, env, transfer_env
         self.fault_points = fault_points
-        self.specs = {f"{name}-{n}": name for name in PROCESSORS
+        self.arguments = {**{name: [*arguments, *(["--partitioned"] if name in PARTITIONED else [])]
+                             for name, arguments in PROCESSORS.items()}, **(servers or {})}
+        self.specs = {f"{name}-{n}": name for name in self.arguments
                       for n in range(1, (instances if name in PARTITIONED else 1) + 1)}
+        self.restart_database = restart_database
+        self.database_restarts = 0
+        self.outage_exits = 0  # exits other than a SIGKILL while PostgreSQL was restarting (or just after)
+        self._outage_until = 0.0
+        self._last_database_restart = 0.0
         self.running: dict[str, subprocess.Popen] = {}
         self.deaths: Counter = Counter()  # kind -> deaths the schedule did not cause (crash points)
         self.kills: Counter = Counter()  # kind -> SIGKILLs sent by the schedule
@@ -83,7 +99,7 @@ class ChaosProcessors:
 
     def _start(self, instance: str) -> None:
         name = self.specs[instance]
-        arguments = [*PROCESSORS[name], *(["--partitioned"] if name in PARTITIONED else [])]
+        arguments = self.arguments[name]
         env = {**os.environ, **self.env, **(self.transfer_env if name == "transfers" else {}),
                "LEDGER_FAULT_POINTS": self.fault_points, "PGAPPNAME": instance}
         with (self.log_dir / f"{instance}.log").open("ab") as handle:
@@ -97,7 +113,9 @@ class ChaosProcessors:
                 if instance in self._stopped or process.poll() is None:
                     continue
                 self.deaths[f"{self.specs[instance]} (exit {process.returncode})"] += 1
-                if process.returncode != -signal.SIGKILL:  # not a crash point: the processor failed by itself
+                if process.returncode != -signal.SIGKILL and time.monotonic() < self._outage_until:
+                    self.outage_exits += 1  # the database went away under it: a supervisor restarts it
+                elif process.returncode != -signal.SIGKILL:  # not a crash point: the processor failed by itself
                     self.crashes.append(f"{instance} exited {process.returncode}: {self.tail(instance)[-300:]}")
                     if sum(1 for crash in self.crashes if crash.startswith(f"{instance} ")) >= MAX_CRASHES:
                         raise ProcessorDied(f"{instance} exited {process.returncode} {MAX_CRASHES} times; the end of "
@@ -107,6 +125,8 @@ class ChaosProcessors:
 
     def kill(self, fault: Fault) -> str | None:
         """SIGKILL one running instance of the fault's kind and start it again; returns the instance."""
+        if fault.victim == "postgres":
+            return self._restart_database()
         with self._lock:
             if fault.victim == "aggregator":
                 if time.monotonic() - self._last_aggregator_kill < AGGREGATOR_GAP_S:
@@ -125,6 +145,19 @@ class ChaosProcessors:
             self.restarts += 1
             return instance
 
+    def _restart_database(self) -> str | None:
+        if self.restart_database is None or time.monotonic() - self._last_database_restart < POSTGRES_GAP_S:
+            return None
+        self._last_database_restart = time.monotonic()
+        self._outage_until = time.monotonic() + OUTAGE_GRACE_S + 60  # the restart itself takes seconds
+        try:
+            if not self.restart_database():
+                return None
+        finally:
+            self._outage_until = time.monotonic() + OUTAGE_GRACE_S
+        self.database_restarts += 1
+        return "postgres"
+
     def stop(self, names: tuple[str, ...]) -> None:
         """Stop every instance of these kinds (SIGTERM, then SIGKILL after a bound); they are not restarted."""
         with self._lock:
@@ -136,7 +169,7 @@ class ChaosProcessors:
                     process.wait(timeout=10)
 
     def stop_all(self) -> None:
-        self.stop(tuple(reversed(list(PROCESSORS))))
+        self.stop(tuple(reversed(list(self.arguments))))
 
     def pids(self) -> dict[str, int]:
         return {instance: process.pid for instance, process in self.running.items() if instance not in self._stopped}

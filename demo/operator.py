@@ -6,6 +6,8 @@ from __future__ import annotations
 
 from datetime import datetime, timezone
 
+import sqlalchemy.exc
+
 from demo.data import DemoPayee
 from demo.sandboxes import Sandboxes
 from demo.tail import LedgerTail
@@ -81,6 +83,8 @@ class DemoOperator:
             if self._tries[payout_id] >= RETRY_TRIES:  # e.g. a scheduled close already paid the money again
                 self.refusals[payout_id] = str(exc)
                 self.done.add(payout_id)
+            return 0
+        except sqlalchemy.exc.OperationalError:  # the database is restarting (the soak's fault): try again later
             return 0
         self.done.add(payout_id)
         self.retries += 1

@@ -20,6 +20,7 @@ import sqlalchemy
 
 from demo.data import DemoInputs, make_inputs, make_payees
 from demo.drain import wait_quiet
+from demo.loss_watch import LossWatch
 from demo.operator import DemoOperator
 from demo.processes import EVENT_MAKERS, Processors
 from demo.sandboxes import Sandboxes
@@ -46,6 +47,10 @@ RETICK_S = 5.0  # a tick whose closes have not all come is sent again (same ids:
 SETTLE_WAIT_S = 120.0
 QUIET_WAIT_S = 60.0
 LOCKED_PROCESSORS = ("sequencer", "projector", "transfers", "notifier")
+
+
+class PaymentsLost(RuntimeError):
+    """The sequencer committed past payments that never reached the ledger."""
 
 
 class DemoRefused(RuntimeError):
@@ -168,8 +173,9 @@ def _hold_earlier_payees(settings: Settings, bootstrap: str) -> int:
 
 def _wait(condition: Callable[[], bool], timeout_s: float, what: str, tail: LedgerTail, processors: Processors,
           operator: DemoOperator | None = None, every: Callable[[], None] = lambda: None,
-          detail: Callable[[], str] = lambda: "") -> None:
-    """Fold the ledger and let the operator act until `condition`; TimeoutError naming `what` otherwise."""
+          detail: Callable[[], str] = lambda: "", lost: Callable[[], str | None] = lambda: None) -> None:
+    """Fold the ledger and let the operator act until `condition`; TimeoutError naming `what` otherwise,
+    PaymentsLost as soon as `lost` (demo/loss_watch.py) proves that payments will never arrive."""
     deadline = time.monotonic() + timeout_s
     while True:
         tail.poll()
@@ -178,6 +184,9 @@ def _wait(condition: Callable[[], bool], timeout_s: float, what: str, tail: Ledg
         if condition():
             return
         processors.check()
+        gone = lost()
+        if gone:
+            raise PaymentsLost(gone)
         if time.monotonic() > deadline:
             missing = detail()
             raise TimeoutError(f"the demo waited {timeout_s:.0f} s for {what}{f' ({missing})' if missing else ''};"
@@ -186,7 +195,7 @@ def _wait(condition: Callable[[], bool], timeout_s: float, what: str, tail: Ledg
 
 
 def _append(settings: Settings, bootstrap: str, client: LedgerClient, inputs: DemoInputs, tail: LedgerTail,
-            processors: Processors, reporter: Reporter, counts: Counts) -> None:
+            processors: Processors, reporter: Reporter, counts: Counts, watch: LossWatch | None = None) -> None:
     for payee in inputs.payees:
         client.set_schedule(payee.payee_id, frequency=payee.frequency, cutoff_time="23:59", timezone=payee.timezone,
                             plan=payee.plan, method=payee.method, day_of_week=payee.day_of_week,
@@ -205,6 +214,8 @@ def _append(settings: Settings, bootstrap: str, client: LedgerClient, inputs: De
     for value in inputs.malformed:  # straight onto the topic, as a broken upstream producer would
         producer.produce(settings.topic_incoming, key=key, value=value, on_delivery=tracker)
     flush_or_raise(producer, tracker, len(inputs.malformed))
+    if watch is not None:
+        watch.expect({record["payment_id"] for record in inputs.records if record.get("type", "payment") == "payment"})
     expected = len(inputs.records) + len(inputs.payees)  # each record once, and each payee's schedule
     reporter.phase("sequencing: chaining each payee's events", expected)
     seen = [0]
@@ -215,7 +226,7 @@ def _append(settings: Settings, bootstrap: str, client: LedgerClient, inputs: De
         seen[0] = total
         return total >= expected
 
-    _wait(chained, 120.0, f"{expected} events to be chained", tail, processors)
+    _wait(chained, 120.0, f"{expected} events to be chained", tail, processors, lost=watch or (lambda: None))
 
 
 def _simulate_days(settings: Settings, bootstrap: str, tail: LedgerTail, operator: DemoOperator,
@@ -253,13 +264,15 @@ def _simulate_days(settings: Settings, bootstrap: str, tail: LedgerTail, operato
 
 
 def _append_late(client: LedgerClient, inputs: DemoInputs, tail: LedgerTail, processors: Processors,
-                 operator: DemoOperator, reporter: Reporter) -> None:
+                 operator: DemoOperator, reporter: Reporter, watch: LossWatch | None = None) -> None:
     """Payments that arrive after their period closed: chained, and carried into the next period."""
     reporter.phase(f"appending {len(inputs.late)} late payments (their periods are closed)")
     before = tail.counts["PaymentCompleted"]
     client.record_batch(inputs.late)
+    if watch is not None:
+        watch.expect({record["payment_id"] for record in inputs.late})
     _wait(lambda: tail.counts["PaymentCompleted"] >= before + len(inputs.late), 60.0, "the late payments", tail,
-          processors, operator)
+          processors, operator, lost=watch or (lambda: None))
 
 
 def _settle(tail: LedgerTail, operator: DemoOperator, processors: Processors, reporter: Reporter) -> None:

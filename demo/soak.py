@@ -22,7 +22,9 @@ seed replays the same workload, hostile records and fault schedule.
 from __future__ import annotations
 
 import hashlib
+import json
 import random
+import secrets
 import time
 import uuid
 from dataclasses import dataclass
@@ -32,6 +34,7 @@ from typing import Any
 from demo.chaos import ChaosProcessors, ChaosThread, fault_schedule
 from demo.data import make_inputs, make_payees
 from demo.drain import wait_quiet
+from demo.loss_watch import LossWatch
 from demo.operator import DemoOperator
 from demo.processes import EVENT_MAKERS
 from demo.run import (QUIET_WAIT_S, Counts, DemoOptions, Reporter, _append, _append_late, _hold_earlier_payees,
@@ -44,6 +47,7 @@ from processors.ledger_client import LedgerClient
 from processors.operations import Operations
 from projections.verify import verify
 from runtime import stack
+from runtime.processes import free_port
 from runtime.settings import Settings
 
 # crash points armed in every processor (per pass through the point): rare enough that work still flows
@@ -86,13 +90,12 @@ def run_soak(settings: Settings, options: SoakOptions, reporter: Reporter | None
     now = datetime.now(timezone.utc).replace(microsecond=0)
     start = (now - timedelta(days=options.days)).replace(minute=0, second=0)
     payees = make_payees(run_id, options.payees, rng)
-    hostile = [] if not options.hostile else [
-        record for record in _hostile().hostile_records(seed, options.hostile, now) if record.entrance != "api"]
     schedule = fault_schedule(seed, options.kills, options.kill_every_s)
     with Sandboxes(settings.data_dir.resolve()) as sandboxes:
         payees = sandboxes.set_up(payees)
         inputs = make_inputs(run_id, payees, options.payments, start, now - timedelta(minutes=2), rng)
         by_id = {payee.payee_id: payee for payee in payees}
+        hostile = _hostile_inputs(seed, options.hostile, now, inputs.records)
         env = {"LEDGER_KAFKA_BOOTSTRAP": bootstrap, "LEDGER_DATABASE_URL": database_url,
                "LEDGER_DATA_DIR": str(settings.data_dir.resolve()), "LEDGER_PARTITION_LEASE_S": "6",
                # the schedule's kills are not the records' fault: the most deaths before a record counts as poison
@@ -104,22 +107,30 @@ def run_soak(settings: Settings, options: SoakOptions, reporter: Reporter | None
         tail = LedgerTail(bootstrap, settings.topic_events, set(by_id))
         log_dir = settings.data_dir.resolve() / "soak" / f"logs-{seed}"
         points = fault_points(options.crash_points)
-        processors = ChaosProcessors(log_dir, env, sandboxes.transfer_env(), options.instances, points)
+        servers = Servers.make()
+        env.update(servers.env)
+        restart = (lambda: stack.restart_postgres(settings)) if stack.embedded_postgres_in_use(settings) else None
+        processors = ChaosProcessors(log_dir, env, sandboxes.transfer_env(), options.instances, points,
+                                     servers.arguments, restart)
         chaos = ChaosThread(processors, schedule, sandboxes.stripe)
         replay = (f"ledger soak --seed {seed} --payees {options.payees} --payments {options.payments} "
                   f"--days {options.days} --kill-every {options.kill_every_s:g} --hostile {options.hostile}"
                   + "".join(f" --crash-point {item}" for item in options.crash_points))
-        verdict = {"seed": seed, "replay": replay, "logs": str(log_dir), "hostile_sent": len(hostile)}
+        verdict = {"seed": seed, "replay": replay, "logs": str(log_dir),
+                   "hostile_sent": sum(len(records) for records in hostile.values()),
+                   "hostile_sent_by_entrance": {name: len(records) for name, records in hostile.items()}}
         try:
             with processors, LedgerClient(bootstrap, settings) as client:
                 operator = DemoOperator(client, Operations(settings, bootstrap, database_url), sandboxes, by_id)
+                watch = LossWatch(settings, bootstrap, tail)
                 chaos.start()
                 try:
-                    _send_hostile(settings, bootstrap, hostile, reporter)
-                    _append(settings, bootstrap, client, inputs, tail, processors, reporter, counts)
+                    _send_hostile(settings, bootstrap, hostile["incoming"], reporter)
+                    _append(settings, bootstrap, client, inputs, tail, processors, reporter, counts, watch)
+                    _send_hostile(settings, bootstrap, hostile["incoming_after"], reporter)  # name chained payments
                     sandboxes.inject_trouble()
                     _simulate_days(settings, bootstrap, tail, operator, processors, start, now, reporter, counts)
-                    _append_late(client, inputs, tail, processors, operator, reporter)
+                    _append_late(client, inputs, tail, processors, operator, reporter, watch)
                 finally:
                     chaos.stop()
                 processors.check()
@@ -146,7 +157,7 @@ def run_soak(settings: Settings, options: SoakOptions, reporter: Reporter | None
                 "failures": [f"the workload could not finish: {type(stalled).__name__}: {stalled}"]}}
         finally:
             tail.close()
-    refused = _hostile_verdict(hostile, letters, _hostile().STATEFUL_KINDS if hostile else set())
+    refused = _hostile_verdict(hostile["incoming"] + hostile["incoming_after"], letters, _hostile().STATEFUL_KINDS)
     failures = _failures(summary, verdict, refused, peaks, chaos, processors.crashes)
     return {**summary, "soak": {**verdict, **_faults(processors, chaos), **refused, "passed": not failures,
                                 "failures": failures}}
@@ -155,7 +166,43 @@ def run_soak(settings: Settings, options: SoakOptions, reporter: Reporter | None
 def _faults(processors: ChaosProcessors, chaos: ChaosThread) -> dict[str, Any]:
     return {"kills": dict(processors.kills), "kills_total": sum(processors.kills.values()),
             "crash_point_deaths": dict(processors.deaths), "restarts": processors.restarts,
+            "postgres_restarts": processors.database_restarts,
+            "postgres_restarts_possible": processors.restart_database is not None,
+            "exits_during_postgres_restarts": processors.outage_exits,
             "faults_applied": chaos.applied, "stripe_troubles": chaos.troubles}
+
+
+@dataclass(frozen=True)
+class Servers:
+    """The HTTP entrances the soak runs (and kills) beside the processors: the API and the webhook endpoint."""
+
+    api_port: int
+    webhook_port: int
+    token: str
+    webhook_secret: str
+
+    @classmethod
+    def make(cls) -> "Servers":
+        return cls(free_port(), free_port(), secrets.token_urlsafe(24), f"whsec_{secrets.token_hex(16)}")
+
+    @property
+    def env(self) -> dict[str, str]:
+        # hostile records go one per request: the per-token rate must not be what refuses them
+        return {"LEDGER_API_TOKENS": json.dumps({self.token: "ingest"}), "LEDGER_INGEST_RATE_PER_S": "10000",
+                "LEDGER_STRIPE_WEBHOOK_SECRET": self.webhook_secret}
+
+    @property
+    def arguments(self) -> dict[str, list[str]]:
+        return {"api": ["api", "--port", str(self.api_port)],
+                "webhooks": ["webhooks", "serve", "--port", str(self.webhook_port)]}
+
+    @property
+    def api_url(self) -> str:
+        return f"http://127.0.0.1:{self.api_port}"
+
+    @property
+    def webhook_url(self) -> str:
+        return f"http://127.0.0.1:{self.webhook_port}/webhooks/stripe"
 
 
 def fault_points(extra: tuple[str, ...]) -> str:
@@ -172,6 +219,22 @@ def _hostile():  # noqa: ANN202 - the module
     from demo import hostile
 
     return hostile
+
+
+def _hostile_inputs(seed: int, count: int, now: datetime, records: list[dict]) -> dict[str, list]:
+    """The seed's hostile records by where and when they are sent. The stateful kinds (a payment id reused with
+    other content, a refund larger than its payment) name the workload's valid payments: they are sent after
+    those are chained, else a conflicting payment sent first would be recorded and the valid one refused."""
+    if not count:
+        return {"incoming": [], "incoming_after": [], "api": []}
+    hostile = _hostile()
+    valid = {record["payment_id"]: record for record in records if record.get("type", "payment") == "payment"}
+    made = hostile.hostile_records(seed, count, now, valid)
+    stateful = hostile.STATEFUL_KINDS
+    return {"incoming": [r for r in made if r.entrance != "api" and r.kind not in stateful],
+            "incoming_after": [r for r in made if r.entrance != "api" and r.kind in stateful],
+            # the API checks each record alone: a stateful kind passes it and is refused by the sequencer
+            "api": [r for r in made if r.entrance == "api" and r.kind not in stateful]}
 
 
 def _send_hostile(settings: Settings, bootstrap: str, hostile: list, reporter: Reporter) -> None:

@@ -61,6 +61,11 @@ def utc_now() -> datetime:
     return datetime.now(timezone.utc)
 
 
+def _reached(suspect: tuple[str, int, int] | None, record: Record) -> bool:
+    """Whether `record` is the one the last run died on while processing it alone, or comes after it."""
+    return suspect is not None and (record.topic, record.partition) == suspect[:2] and record.offset >= suspect[2]
+
+
 @dataclass
 class SequencerStats:
     appended: int = 0
@@ -331,21 +336,33 @@ class Sequencer:
             self.rebuild()
         self._marker = self.store.start_run()
         self._careful_left = self.settings.sequencer_batch_max if self._marker.running else 0
+        self._careful_done = 0
         if self._marker.running:
             marker = self._marker
             where = ":".join(map(str, marker.source)) if marker.source else "none"
+            until = f"until {where}, " if marker.source else ""
             self.log(f"the last run did not stop cleanly: the next {self._careful_left} records are processed one "
-                     f"at a time (record processed alone when it stopped: {where}, deaths on it: {marker.attempts})")
+                     f"at a time, {until}(record processed alone when it stopped: {where}, deaths on it: "
+                     f"{marker.attempts})")
         self._process_batch(consumer, [], retry=self._known_payments())
 
     def process(self, consumer: Consumer, records: list[Record]) -> None:
-        """One polled batch of this sequencer's input records (after an unclean stop, the first one at a time)."""
+        """One polled batch of this sequencer's input records (after an unclean stop, the first one at a time).
+
+        The careful window covers what may have been in flight when the last run died: a whole batch (at most
+        batch_max records) if it died in a batch; only up to the record it was processing alone if it died in
+        the window, since nothing after that record was being processed. So kills that keep coming while a
+        sequencer works through its window shrink the window instead of restarting it (no livelock)."""
         while records and self._careful_left:
             record, records = records[0], records[1:]
             self._process_alone(consumer, record, self._marker)
             self._careful_left -= 1
+            self._careful_done += 1
+            if _reached(self._marker.source, record):
+                self._careful_left = 0
             if not self._careful_left:
                 self.store.mark_alone(None, 0)
+                self.log(f"{self._careful_done} records were processed one at a time; back to batches")
         if records:
             self._process_batch(consumer, records)
 

@@ -16,6 +16,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Callable, Iterator
 
+from sqlalchemy.engine import make_url
+
 from runtime import embedded_broker, embedded_postgres
 from runtime.database import current_revision, database_answers, run_migrations
 from runtime.kafka_admin import ensure_topics
@@ -260,3 +262,25 @@ def connections(settings: Settings) -> tuple[str, str]:
             "no broker or database: run `ledger up` (embedded) or set LEDGER_KAFKA_BOOTSTRAP and LEDGER_DATABASE_URL"
         )
     return bootstrap, database_url
+
+
+def restart_postgres(settings: Settings) -> bool:
+    """Stop the embedded PostgreSQL (fast: open transactions roll back, clients are cut off) and start it
+    again on the same port and data; the soak's fault. False, doing nothing, when the database is not ours."""
+    with _exclusive(settings):
+        state = read_state(settings)
+        if state is None or not state.postgres_pgdata:
+            return False
+        pgdata = Path(state.postgres_pgdata)
+        if not embedded_postgres.stop_postgres(pgdata):
+            raise RuntimeError(f"the embedded PostgreSQL in {pgdata} did not stop")
+        url = make_url(state.database_url)  # the port and database it was started with
+        handle = embedded_postgres.start_postgres(pgdata, url.port or settings.embedded_postgres_port,
+                                                  url.database or settings.embedded_database)
+        _write_state(settings, replace(state, postgres_pid=handle.pid))
+        return True
+
+
+def embedded_postgres_in_use(settings: Settings) -> bool:
+    state = read_state(settings)
+    return bool(state and state.postgres_pgdata and settings.database_url is None)

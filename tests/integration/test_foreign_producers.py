@@ -169,3 +169,6 @@ def test_a_record_that_kills_the_sequencer_is_dead_lettered_as_poison(settings, 
     (letter,) = dead_letters(settings)
     assert letter.stage == "poison" and "died 2 times while processing this record alone" in letter.reason
     assert marker.encode() in letter.value and letter.whole
+    # the last start knew it had died on that record alone: only it was processed alone, "last" went in a batch
+    assert log.read_text().count("records were processed one at a time; back to batches") == 1
+    assert "1 records were processed one at a time; back to batches" in log.read_text()
