@@ -34,7 +34,11 @@ POSTGRES_GAP_S = 45.0
 # exits other than a SIGKILL within this long after a PostgreSQL restart began are the outage's, not a bug's
 OUTAGE_GRACE_S = 30.0
 MAX_CRASHES = 3  # exits other than SIGKILL of one instance before the soak gives up
-STRIPE_TROUBLE = ("server_error", "rate_limit", "accepted_then_500", "reset", "accepted_then_reset")
+# provider troubles injected with a kill: Stripe's (a stall of STALL_S included) and mobile money's
+STRIPE_TROUBLE = ("server_error", "rate_limit", "accepted_then_500", "reset", "accepted_then_reset", "slow",
+                  "accepted_then_drop")
+MOBILE_TROUBLE = ("mobile_503", "mobile_slow")
+STALL_S = 6.0
 
 
 @dataclass(frozen=True)
@@ -42,7 +46,7 @@ class Fault:
     delay_s: float  # after the previous fault
     victim: str  # a kind (WEIGHTS); the instance is picked among the running ones with the same draw
     pick: int
-    trouble: str | None  # a Stripe fault injected with the kill, or None
+    trouble: str | None  # a provider fault injected with the kill (STRIPE_TROUBLE, MOBILE_TROUBLE), or None
 
 
 def fault_schedule(seed: int, count: int, mean_gap_s: float) -> list[Fault]:
@@ -50,7 +54,7 @@ def fault_schedule(seed: int, count: int, mean_gap_s: float) -> list[Fault]:
     kinds, weights = zip(*WEIGHTS.items())
     faults = []
     for _ in range(count):
-        trouble = rng.choice(STRIPE_TROUBLE) if rng.random() < 0.1 else None
+        trouble = rng.choice(STRIPE_TROUBLE + MOBILE_TROUBLE) if rng.random() < 0.1 else None
         faults.append(Fault(min(rng.expovariate(1 / mean_gap_s), 4 * mean_gap_s), rng.choices(kinds, weights)[0],
                             rng.randrange(1 << 30), trouble))
     return faults
@@ -181,9 +185,9 @@ class ChaosProcessors:
 class ChaosThread(threading.Thread):
     """Walks the fault schedule until stopped: wait, kill (and restart) the victim, maybe trouble Stripe."""
 
-    def __init__(self, processors: ChaosProcessors, schedule: list[Fault], stripe) -> None:  # noqa: ANN001
+    def __init__(self, processors: ChaosProcessors, schedule: list[Fault], sandboxes) -> None:  # noqa: ANN001
         super().__init__(name="soak-faults", daemon=True)
-        self.processors, self.schedule, self.stripe = processors, schedule, stripe
+        self.processors, self.schedule, self.sandboxes = processors, schedule, sandboxes
         self.stopping = threading.Event()
         self.applied = 0
         self.troubles = 0
@@ -195,14 +199,21 @@ class ChaosThread(threading.Thread):
                 if self.stopping.wait(fault.delay_s):
                     return
                 if fault.trouble is not None:
-                    self.stripe.inject(path_prefix="/v1/transfers", method="POST", kind=fault.trouble, times=1,
-                                       retry_after_s=1)
+                    self._trouble(fault.trouble)
                     self.troubles += 1
                 self.processors.kill(fault)
                 self.processors.check()
                 self.applied += 1
         except BaseException as error:  # noqa: BLE001 - reported by the soak
             self.error = error
+
+    def _trouble(self, kind: str) -> None:
+        if kind in MOBILE_TROUBLE:  # a 503 on the next cash-in, or a cash-in answered after STALL_S
+            self.sandboxes.mobile.inject(kind="server_error" if kind == "mobile_503" else "slow", times=1,
+                                         status=503 if kind == "mobile_503" else None, delay_s=STALL_S)
+        else:
+            self.sandboxes.stripe.inject(path_prefix="/v1/transfers", method="POST", kind=kind, times=1,
+                                         retry_after_s=1, delay_s=STALL_S)
 
     def stop(self) -> None:
         self.stopping.set()

@@ -35,7 +35,7 @@ from demo.chaos import ChaosProcessors, ChaosThread, fault_schedule
 from demo.data import make_inputs, make_payees
 from demo.drain import wait_quiet
 from demo.loss_watch import LossWatch
-from demo.operator import DemoOperator
+from demo.soak_operator import SoakOperator
 from demo.processes import EVENT_MAKERS
 from demo.run import (QUIET_WAIT_S, Counts, DemoOptions, Reporter, _append, _append_late, _hold_earlier_payees,
                       _peak_memory, _refuse_unsafe, _settle, _simulate_days, _summary)
@@ -99,10 +99,7 @@ def run_soak(settings: Settings, options: SoakOptions, reporter: Reporter | None
         env = {"LEDGER_KAFKA_BOOTSTRAP": bootstrap, "LEDGER_DATABASE_URL": database_url,
                "LEDGER_DATA_DIR": str(settings.data_dir.resolve()), "LEDGER_PARTITION_LEASE_S": "6",
                # the schedule's kills are not the records' fault: the most deaths before a record counts as poison
-               "LEDGER_SEQUENCER_POISON_DEATHS": "10",
-               # after an unclean stop a sequencer processes its next batch_max records one at a time (to find a
-               # poison record); at 2,000 a kill every few seconds keeps it in that slow mode for good
-               "LEDGER_SEQUENCER_BATCH_MAX": "200"}
+               "LEDGER_SEQUENCER_POISON_DEATHS": "10"}
         reporter.phase(f"starting {options.instances} instances of each partitioned processor")
         tail = LedgerTail(bootstrap, settings.topic_events, set(by_id))
         log_dir = settings.data_dir.resolve() / "soak" / f"logs-{seed}"
@@ -112,7 +109,7 @@ def run_soak(settings: Settings, options: SoakOptions, reporter: Reporter | None
         restart = (lambda: stack.restart_postgres(settings)) if stack.embedded_postgres_in_use(settings) else None
         processors = ChaosProcessors(log_dir, env, sandboxes.transfer_env(), options.instances, points,
                                      servers.arguments, restart)
-        chaos = ChaosThread(processors, schedule, sandboxes.stripe)
+        chaos = ChaosThread(processors, schedule, sandboxes)
         replay = (f"ledger soak --seed {seed} --payees {options.payees} --payments {options.payments} "
                   f"--days {options.days} --kill-every {options.kill_every_s:g} --hostile {options.hostile}"
                   + "".join(f" --crash-point {item}" for item in options.crash_points))
@@ -121,7 +118,8 @@ def run_soak(settings: Settings, options: SoakOptions, reporter: Reporter | None
                    "hostile_sent_by_entrance": {name: len(records) for name, records in hostile.items()}}
         try:
             with processors, LedgerClient(bootstrap, settings) as client:
-                operator = DemoOperator(client, Operations(settings, bootstrap, database_url), sandboxes, by_id)
+                operator = SoakOperator(client, Operations(settings, bootstrap, database_url), sandboxes, by_id,
+                                        database_url=database_url, rng=random.Random(seed ^ 0x0DE7))
                 watch = LossWatch(settings, bootstrap, tail)
                 chaos.start()
                 try:
@@ -133,6 +131,8 @@ def run_soak(settings: Settings, options: SoakOptions, reporter: Reporter | None
                     _append_late(client, inputs, tail, processors, operator, reporter, watch)
                 finally:
                     chaos.stop()
+                operator.resume()
+                verdict.update(operator_pauses=operator.pauses, operator_cancels_sent=operator.cancels_sent)
                 processors.check()
                 _settle(tail, operator, processors, reporter)
                 reporter.phase("waiting for the projections")

@@ -182,6 +182,10 @@ class TransferProcessor:
         self._order_stale = True
         self._last_poll: dict[str, float] = {}
         self._retry_decided: set[tuple[str, int]] = set()
+        # last attempts that failed retryably: the provider is asked whether it paid before the payout fails for
+        # good (attempt -> the failure's reason code and message), and when to ask again (no answer yet)
+        self._final_checks: dict[tuple[str, int], tuple[str, str]] = {}
+        self._final_check_due: dict[tuple[str, int], float] = {}
         self._warned: set[str] = set()
         self._warned_unchained = 0.0
         self._unchained_checked = 0.0
@@ -447,6 +451,8 @@ class TransferProcessor:
             self._cleared.discard(key)
             self._retry_decided.discard(key)
             self._sent_submits.pop(key, None)
+            self._final_checks.pop(key, None)
+            self._final_check_due.pop(key, None)
 
     def _on_chained(self, event: Event) -> None:
         self._apply(event)
@@ -466,7 +472,7 @@ class TransferProcessor:
         outstanding: dict[str, int] = {}  # attempts recorded and not answered, per lane (bounded by its window)
         to_record: list[tuple[Payout, ProviderLane]] = []
         lanes_full: set[str] = set()
-        acted = False
+        acted = self._final_checks_due(mono)
         active, awaiting, payouts = self._active, self._awaiting, self.book.payouts
         for payout_id in self._oldest_first():
             if payout_id not in active:
@@ -588,8 +594,8 @@ class TransferProcessor:
 
     def _call(self, payout: Payout, lane: ProviderLane, mono: float, to_submit: dict[str, list[TransferRequest]]) -> bool:
         attempt = payout.current.number
-        if self._unknown_until.get(payout.payout_id, 0.0) > mono:
-            return False
+        if self._unknown_until.get(payout.payout_id, 0.0) > mono or (payout.payout_id, attempt) in self._final_checks:
+            return False  # asked again later; or its last attempt failed and only the final check is made
         # An attempt this process recorded is paid directly, and so is one the provider was asked about and
         # has nothing of. One recorded before a crash, and every retry (it gets a new idempotency key),
         # first asks the provider for anything under the payout id.
@@ -686,6 +692,9 @@ class TransferProcessor:
         current = payout.current
         if current is None or current.number != call.attempt:
             return  # an answer about an attempt that is no longer the current one
+        if call.mode == "final_check":
+            self._on_final_check(payout, call, lane, now)
+            return
         if call.mode != "poll" and self._quick_retry(call, lane, result):
             return
         unanswered = result is not None and call.mode != "submit" and result.outcome is Outcome.FAILED and (
@@ -765,7 +774,9 @@ class TransferProcessor:
         """Calls the lane did not make (the circuit opened after they were handed over) never reached the provider.
         Each is made again as it was once calls go through (a payment directly: nothing exists under its key)."""
         for payout_id, attempt, mode in withdrawn:
-            if mode == "submit":
+            if mode == "final_check":
+                self._final_check_due[(payout_id, attempt)] = time.monotonic()
+            elif mode == "submit":
                 self._cleared.add((payout_id, attempt))
             elif mode == "poll":
                 self._last_poll.pop(payout_id, None)
@@ -776,9 +787,14 @@ class TransferProcessor:
                           retry_after_s: float | None, now: datetime, *, record_failure: bool) -> None:
         due = self.policy.next_attempt_at(attempt, now, retry_after_s)
         if due is None:
-            self._send(records.failed(payout, attempt, provider, reason_code,
-                                      f"{message} (gave up after {attempt} attempts)".strip(), False, now))
-            self._count_failure(payout, provider, reason_code)
+            # A retryable failure does not say the provider did nothing (a 500 or a reset after the transfer was
+            # made: the key then replays the failure). The next attempt would have asked first; the last one
+            # asks now, and the payout fails for good only if the provider holds nothing (_on_final_check).
+            self._final_checks[(payout.payout_id, attempt)] = (reason_code, message)
+            self._final_check_due[(payout.payout_id, attempt)] = time.monotonic()
+            with payout_context(payout, attempt=attempt):
+                logger.info("attempt %d was the last and failed (%s): asking %s whether it paid before the payout "
+                            "fails for good", attempt, reason_code, provider)
             return
         if record_failure:
             self._send(records.failed(payout, attempt, provider, reason_code, message, True, now))
@@ -787,6 +803,56 @@ class TransferProcessor:
                     attempt + 1, due.isoformat(), extra={"reason_code": reason_code, "provider": provider})
         self.stats.retries_scheduled += 1
         metrics.PAYOUT_RETRIES.labels(provider, reason_code).inc()
+
+    def _final_checks_due(self, mono: float) -> bool:
+        """Hand the lanes the final checks that are due (just decided, or asked again after no answer)."""
+        acted = False
+        for key, due in list(self._final_check_due.items()):
+            payout = self.book.get(key[0])
+            if payout is None or payout.status.terminal or key not in self._final_checks:
+                self._final_check_due.pop(key, None)
+                self._final_checks.pop(key, None)
+                continue
+            lane = self._method_lanes.get(payout.method) or self._lane(payout)
+            if due > mono or lane is None or payout.payout_id in lane.busy or not lane.breaker.allow():
+                continue
+            del self._final_check_due[key]
+            lane.resolve(self._request(payout, key[1]), "final_check")
+            acted = True
+        return acted
+
+    def _on_final_check(self, payout: Payout, call: CallResult, lane: ProviderLane, now: datetime) -> None:
+        """The provider's answer about a last attempt that failed retryably: settled or accepted if it holds the
+        payment, failed for good if it holds nothing (or its own final failure), asked again if no answer."""
+        key = (call.payout_id, call.attempt)
+        if key not in self._final_checks:
+            return
+        result = call.result
+        if call.error or (result is not None and result.outcome is Outcome.FAILED
+                          and result.reason_code in UNANSWERED_CODES) or (
+                result is not None and result.outcome is Outcome.PENDING and payout.status is not PayoutStatus.SUBMITTED):
+            self._final_check_due[key] = time.monotonic() + UNKNOWN_RETRY_S
+            return
+        reason_code, message = self._final_checks.pop(key)
+        crash_point("before_outcome")
+        if result is not None and result.outcome is Outcome.SETTLED:
+            self._send(records.settled(payout, call.attempt, lane.name, result.provider_reference, now))
+            logger.warning("payout settled: %s through %s (%s), found paid at the provider after its last attempt "
+                           "failed (%s)", payout.amount, lane.name, result.provider_reference, reason_code)
+            self.stats.settled += 1
+            self.stats.resolved_by_lookup += 1
+            metrics.PAYOUTS_SETTLED.labels(lane.name, payout.amount.currency.code).inc()
+            metrics.PAYOUT_AMOUNT.labels(payout.amount.currency.code, "settled").inc(payout.amount.amount_minor)
+        elif result is not None and result.outcome is Outcome.PENDING:
+            self._send(records.accepted(payout, call.attempt, lane.name, result.provider_reference, now))
+            self._last_poll[payout.payout_id] = time.monotonic()
+            self.stats.accepted += 1
+        else:
+            if result is not None:  # the provider's own final failure of this payment
+                reason_code, message = result.reason_code, result.message
+            self._send(records.failed(payout, call.attempt, lane.name, reason_code,
+                                      f"{message} (gave up after {call.attempt} attempts)".strip(), False, now))
+            self._count_failure(payout, lane.name, reason_code)
 
     def _expire_if_stale(self, payout: Payout, provider: str, now: datetime) -> None:
         if provider != "mobile_money" or payout.accepted_at is None:

@@ -1,17 +1,17 @@
-"""`ledger soak` on the test broker and database: a planted defect makes it fail with the seed that replays
-it (so the soak is proven able to fail).
-
-A short passing soak is not in the suite yet: under the suite's load, 1 run in 9 so far ended "not balanced"
-(docs/decisions.md §35), which must be found and fixed before a soak can gate every landing."""
+"""`ledger soak` on the test broker: a short soak passes under kills, provider troubles, PostgreSQL restarts and
+hostile input through every entrance; and a planted defect makes it fail with the seed that replays it (so the
+soak is proven able to fail)."""
 
 from __future__ import annotations
 
 import json
+import random
 import re
 import subprocess
 
 import pytest
 
+from runtime.processes import free_port
 from tests.integration.cli_env import LEDGER, env_for
 
 SHORT = ["--days", "1", "--kill-every", "2"]
@@ -37,3 +37,24 @@ def test_a_planted_defect_fails_the_soak_and_prints_the_seed_that_replays_it(set
     replay = re.search(r"soak failed with seed 424242; replay: (ledger soak --seed 424242 [^(]+)", ran.stderr)
     assert replay, ran.stderr[-2000:]
     assert "--crash-point sequencer_planted_window:0.5" in replay.group(1)
+
+
+@pytest.mark.faults
+@pytest.mark.timeout(600)
+def test_a_short_soak_passes_and_its_verdict_covers_every_fault_and_entrance(settings, tmp_path):
+    """A new seed each run (printed on failure with the command that replays it). The database is an embedded
+    PostgreSQL of the test's own, so the schedule can restart it; the broker is the suite's."""
+    seed = random.randrange(2**31)
+    env = {key: value for key, value in env_for(settings, tmp_path / "data").items() if key != "LEDGER_DATABASE_URL"}
+    env["LEDGER_EMBEDDED_POSTGRES_PORT"] = str(free_port())
+    try:
+        ran = subprocess.run([LEDGER, "soak", "--json", "--seed", str(seed), "--payees", "12", "--payments", "400",
+                              "--days", "1", "--kill-every", "0.5", "--hostile", "1500"], env=env,
+                             capture_output=True, text=True, timeout=540, stdin=subprocess.DEVNULL)
+    finally:
+        subprocess.run([LEDGER, "down"], env=env, capture_output=True, timeout=120, stdin=subprocess.DEVNULL)
+    verdict = json.loads(ran.stdout)["soak"] if ran.stdout.strip() else {}
+    assert ran.returncode == 0 and verdict.get("passed"), (seed, verdict.get("failures"), ran.stderr[-3000:])
+    assert verdict["kills_total"] >= 30 and verdict["postgres_restarts"] >= 1, verdict
+    assert set(verdict["hostile_sent_by_entrance"]) >= {"incoming", "incoming_after", "api"}, verdict
+    assert verdict["hostile_not_refused"] == 0 and verdict["hostile_reasons_unnamed"] == 0, verdict

@@ -89,6 +89,25 @@ def test_retries_stop_after_the_last_attempt_and_the_money_returns(settings, str
     assert earnings["x1"].balance("USD").unpaid.amount_minor == request.payload["net"].amount_minor
 
 
+def test_a_last_attempt_answered_500_after_stripe_made_the_transfer_settles_instead_of_failing(settings, stripe_server):
+    """Found by the soak: the key replays the 500, so only a lookup shows the money moved; without it the payout
+    failed for good while Stripe had paid, and its money went back to the payee's balance to be paid again."""
+    settings = stripe_settings(settings, stripe_server)
+    (request,) = request_payouts(settings, {"z1": ("stripe_standard", stripe_server.create_account())})
+    payout_id = request.payload["payout_id"]
+    stripe_server.inject(path_prefix="/v1/transfers", method="POST", kind="server_error", times=3)
+    stripe_server.inject(path_prefix="/v1/transfers", method="POST", kind="accepted_then_500", times=1)
+    with sequencer_running(settings), processor_running(settings):
+        wait_until(lambda: all_final(settings, {payout_id}), 60, "the payout finished")
+    payout = book_of(settings).get(payout_id)
+    assert (payout.status.value, len(payout.attempts)) == ("settled", 4)
+    assert types_of(settings, payout_id)[-1] == ("PayoutSettled", 4)
+    (transfer,) = stripe_server.transfers()
+    assert transfer["amount"] == request.payload["net"].amount_minor
+    earnings = fold_ledger(settings.kafka_bootstrap, settings.topic_events, EventCodec())
+    assert earnings["z1"].balance("USD").unpaid.amount_minor == 0
+
+
 def test_a_cancelled_payout_never_reaches_the_provider(settings, stripe_server):
     from ledger import payouts as records
     from processors.payout_run import send_commands
