@@ -10,6 +10,16 @@ that do not decode). `expected_refusal` runs the same rules as the sequencer (pr
 .interpret, keys checked) or the API (parse_record on each record of the body) and returns the first
 (field, reason) problem.
 
+`ledger publish` files are two more entrances, made only when asked for (`entrances=PUBLISH`; the default
+ENTRANCES and their bytes for a seed are unchanged): "publish", one line of a JSON Lines file (`value`
+without its newline), and "publish_csv", one data row of a CSV file under CSV_HEADER, except the kind
+"bad_csv_header", whose `value` is a whole file (a header the command refuses before reading a row, and one
+valid row). Their rules are the command's own parsing (commands.publish jsonl_items / csv_items) and
+parse_record; the command reports a refused line as "<field>: <reason>" (or "not valid JSON/CSV/UTF-8 ..."
+for a line that does not parse: field ""). Publish-only kinds: "not_json_line", "csv_cell_count",
+"bad_csv_header". Over-large lines are measured as compact JSON there, as at the API: they are refused for
+the over-long field, not for whitespace.
+
 Two kinds only the sequencer's state can refuse (STATEFUL_KINDS): a payment reusing the payment_id of a
 valid payment the soak also sends, with other content, and a refund larger than its payment. The pure
 rules accept them (expected_refusal returns None); the soak checks them against the dead-letter topic,
@@ -33,8 +43,10 @@ RECORD_MAX_BYTES: the API's over-large records are refused for the over-long fie
 
 from __future__ import annotations
 
+import csv
 import dataclasses
 import functools
+import io
 import json
 import random
 from collections.abc import Callable
@@ -50,7 +62,21 @@ from ledger.intake import (
 from ledger.money import Money
 from processors.sequencer_input import Rejected, interpret
 
-ENTRANCES = ("incoming_json", "incoming_avro", "api")
+ENTRANCES = ("incoming_json", "incoming_avro", "api")  # what hostile_records makes unless told otherwise
+PUBLISH = ("publish", "publish_csv")  # lines of JSON Lines and CSV files for `ledger publish`
+ALL_ENTRANCES = ENTRANCES + PUBLISH
+# every field a record can have, in a fixed order: the header of the publish_csv entrance's files
+CSV_HEADER = ("type", "payment_id", "refund_id", "adjustment_id", "payee_id", "amount_minor", "currency",
+              "occurred_at", "services", "source", "reason", "kind", "name", "metadata")
+# headers `ledger publish` refuses whole (empty or repeated column names): the file is refused, nothing sent
+BAD_CSV_HEADERS = ("payment_id,payee_id,amount_minor,amount_minor,currency,occurred_at",
+                   "payment_id,payee_id,,amount_minor,currency,occurred_at", "payment_id,payee_id,amount_minor,"
+                   "currency,occurred_at,", ",,,", "payee_id,payee_id,payee_id")
+# lines that are not a JSON object: field "" when they do not parse, "record" when they parse to another value
+NOT_JSON_LINES = (("payment_id=1,amount_minor=100", ""), ("{'payment_id': 'p1'}", ""), ('{"a":1,}', ""),
+                  ('{"a":1}{"b":2}', ""), ("[]", "record"), ("null", "record"),
+                  ('"payment"', "record"), ("42", "record"), ("NaN", "record"), ("true", "record"))
+CSV_INTEGER_TEXTS = ("abc", "1,000", " 100", "100 ", "0x10", "true", "+3", "\u0661\u0662", "1_000", "")
 STATEFUL_KINDS = frozenset({"conflicting_id", "refund_too_large"})
 LIMITS = IntakeLimits()
 CURRENCIES = ("USD", "EUR", "GBP", "KES", "XOF", "JPY", "BHD")
@@ -72,9 +98,9 @@ _BY_PAYEE = object()  # _Gen.hostile's default key: the record's payee id
 @dataclass(frozen=True)
 class Hostile:
     kind: str  # the category, e.g. "float_amount"
-    entrance: str  # "incoming_json" | "incoming_avro" | "api"
-    key: bytes | None  # the Kafka key (None for "api")
-    value: bytes  # exact bytes for the topic; for "api" the JSON body
+    entrance: str  # "incoming_json" | "incoming_avro" | "api" | "publish" | "publish_csv"
+    key: bytes | None  # the Kafka key (None for "api" and the publish entrances)
+    value: bytes  # exact bytes for the topic; for "api" the JSON body; for publish a line (see the docstring)
     field: str  # the field the refusal must name; "" when it is about the whole record
 
 
@@ -102,6 +128,20 @@ def _json(record: dict, raw: dict[str, str] | None = None, *, api: bool = False)
     for name, value in (raw or {}).items():
         text = text.replace(json.dumps(f"@raw:{name}@"), value)
     return text.encode()
+
+
+def _csv_row(record: dict, cells: dict[str, str] | None = None, header: tuple[str, ...] = CSV_HEADER) -> bytes:
+    """A record as one CSV data row under `header` (integers as digits, metadata as JSON), with `cells` (texts
+    written as they are) in place of fields' values; no line ending."""
+    texts = {name: json.dumps(value, separators=(",", ":")) if isinstance(value, dict) else str(value)
+             for name, value in record.items()}
+    texts.update(cells or {})
+    unknown = set(texts) - set(header)
+    if unknown:
+        raise AssertionError(f"no CSV column for {sorted(unknown)}")
+    buffer = io.StringIO()
+    csv.writer(buffer, lineterminator="").writerow([texts.get(name, "") for name in header])
+    return buffer.getvalue().encode("utf-8", "surrogatepass")
 
 
 def _replace_once(data: bytes, old: bytes, new: bytes) -> bytes:
@@ -172,7 +212,13 @@ class _Gen:
         if key is _BY_PAYEE:
             payee = record.get("payee_id")
             key = payee.encode() if isinstance(payee, str) else self.rng.choice(PAYEES).encode()
-        return Hostile(kind, entrance, None if entrance == "api" else key, value, field)  # type: ignore[arg-type]
+        keyless = entrance == "api" or entrance in PUBLISH
+        return Hostile(kind, entrance, None if keyless else key, value, field)  # type: ignore[arg-type]
+
+    def csv(self, kind: str, record: dict, field: str, cells: dict[str, str] | None = None,
+            value: bytes | None = None) -> Hostile:
+        """The publish_csv Hostile: `record` as a CSV row with `cells` in place (or the given bytes)."""
+        return Hostile(kind, "publish_csv", None, _csv_row(record, cells) if value is None else value, field)
 
 
 # --- categories: each builds one record refused at the entrance it is given ------------------------------
@@ -201,7 +247,7 @@ def _huge_amount(g: _Gen, entrance: str) -> Hostile:
         amount = rng.choice([ceiling + 1, rng.randint(ceiling + 1, LONG_MAX), LONG_MAX])
         return g.hostile("huge_amount", entrance, record, "amount_minor",
                          value=g.avro(record, payload={"amount": Money.of(amount, record["currency"])}))
-    if entrance == "incoming_json" and rng.random() < 0.1:  # more digits than Python reads: undecodable
+    if entrance in ("incoming_json", "publish") and rng.random() < 0.1:  # more digits than Python reads
         return g.hostile("huge_amount", entrance, record, "", raw={"amount_minor": "9" * rng.randint(4301, 6000)})
     huge = rng.choice([2**63, 2**64, 2**63 + rng.randint(1, 2**62), 10 ** rng.randint(19, 400)])
     return g.hostile("huge_amount", entrance, {**record, "amount_minor": huge}, "amount_minor")
@@ -247,10 +293,14 @@ def _bad_timestamp(g: _Gen, entrance: str) -> Hostile:
 
 
 def _bad_utc_offset(g: _Gen, entrance: str) -> Hostile:
-    local = (g.now - timedelta(seconds=g.rng.randint(60, 86400))).replace(tzinfo=None)
-    value = g.rng.choice([local.isoformat() + g.rng.choice(BAD_OFFSETS), local.date().isoformat(),
-                          local.isoformat(timespec="microseconds")])
+    value = _bad_offset_text(g)
     return g.hostile("bad_utc_offset", entrance, {**g.record(), "occurred_at": value}, "occurred_at")
+
+
+def _bad_offset_text(g: _Gen) -> str:
+    local = (g.now - timedelta(seconds=g.rng.randint(60, 86400))).replace(tzinfo=None)
+    return g.rng.choice([local.isoformat() + g.rng.choice(BAD_OFFSETS), local.date().isoformat(),
+                         local.isoformat(timespec="microseconds")])
 
 
 def _oversized_metadata(g: _Gen, entrance: str) -> Hostile:
@@ -268,13 +318,19 @@ def _oversized_metadata(g: _Gen, entrance: str) -> Hostile:
 
 def _nested_metadata(g: _Gen, entrance: str) -> Hostile:
     rng, record, key = g.rng, g.record(), g.rng.choice(["deep", "k0", "a"])
-    deep = entrance == "incoming_json" and rng.random() < 0.15  # deeper than the JSON parser goes: undecodable
+    deep = entrance in ("incoming_json", "publish") and rng.random() < 0.15  # deeper than the JSON parser goes
+    text = _nested_text(g, record, key, deep)
+    return g.hostile("nested_metadata", entrance, record, "" if deep else f"metadata.{key}", raw={"metadata": text})
+
+
+def _nested_text(g: _Gen, record: dict, key: str, deep: bool) -> str:
+    """The record's metadata as JSON text with `key` holding arrays and objects nested 1-64 deep (or 3,000+)."""
+    rng = g.rng
     shells = [rng.choice([('{"k":', "}"), ("[", "]")]) for _ in range(rng.randint(3000, 6000) if deep else
                                                                        rng.randint(1, 64))]
     nested = "".join(o for o, _ in shells) + '"v"' + "".join(c for _, c in reversed(shells))
     metadata = {name: json.dumps(value) for name, value in record.get("metadata", {}).items() if name != key}
-    text = "{" + "".join(f"{json.dumps(name)}:{value}," for name, value in metadata.items()) + f'"{key}":{nested}}}'
-    return g.hostile("nested_metadata", entrance, record, "" if deep else f"metadata.{key}", raw={"metadata": text})
+    return "{" + "".join(f"{json.dumps(name)}:{value}," for name, value in metadata.items()) + f'"{key}":{nested}}}'
 
 
 def _bad_id(kind: str, bad_bytes: Callable[[_Gen], bytes], escape: Callable[[_Gen], str]) -> Callable:
@@ -283,7 +339,8 @@ def _bad_id(kind: str, bad_bytes: Callable[[_Gen], bytes], escape: Callable[[_Ge
         record = g.record(("payment",)) if entrance == "incoming_avro" else g.record()
         field = g.id_field(record)
         ident, key = record[field], record["payee_id"].encode()
-        if entrance == "api" or (entrance == "incoming_json" and g.rng.random() < 0.3):  # valid JSON, a bad id
+        if entrance == "api" or (entrance == "incoming_json" and g.rng.random() < 0.3) or (
+                entrance == "publish" and g.rng.random() < 0.5):  # valid JSON, a bad id
             at = g.rng.randrange(1, len(ident))
             return g.hostile(kind, entrance, {**record, field: ident[:at] + escape(g) + ident[at:]}, field, key=key)
         bad = bad_bytes(g)
@@ -292,8 +349,10 @@ def _bad_id(kind: str, bad_bytes: Callable[[_Gen], bytes], escape: Callable[[_Ge
         value = _replace_once(g.avro(record) if entrance == "incoming_avro" else _json(record),
                               old, old[:at] + bad + old[at + len(bad):])
         # What is refused: a NUL in Avro and an encoded surrogate in JSON decode, and are then a bad id; JSON
-        # does not take a raw NUL, and neither takes other bytes that are not UTF-8: the whole record.
-        decodes = bad == b"\x00" if entrance == "incoming_avro" else bad == SURROGATE_UTF8
+        # does not take a raw NUL, and neither takes other bytes that are not UTF-8: the whole record. A publish
+        # line must be UTF-8 text first: an encoded surrogate refuses the whole line there.
+        decodes = bad == b"\x00" if entrance == "incoming_avro" else (bad == SURROGATE_UTF8
+                                                                       and entrance == "incoming_json")
         return g.hostile(kind, entrance, record, field if decodes else "", value=value, key=key)
     return build
 
@@ -350,7 +409,8 @@ def _oversized_record(g: _Gen, entrance: str) -> Hostile:
         return g.hostile("oversized_record", entrance, record, "record" if unread else "source",
                          value=g.avro(record, payload={"source": filler}))
     record[field] = {"note": filler} if field == "metadata" else filler
-    return g.hostile("oversized_record", entrance, record, field)
+    # a publish line is measured as compact JSON (like an API record): one above the read limit is not parsed
+    return g.hostile("oversized_record", entrance, record, "record" if unread and entrance == "publish" else field)
 
 
 def _wrong_key(g: _Gen, entrance: str) -> Hostile:
@@ -365,6 +425,12 @@ def _wrong_key(g: _Gen, entrance: str) -> Hostile:
 
 def _conflicting_id(g: _Gen, entrance: str) -> Hostile:
     """The payment_id of one of the soak's valid payments, with other content (same payee: keyed right)."""
+    record = _conflicting_record(g)
+    value = g.avro(record) if entrance == "incoming_avro" else None
+    return g.hostile("conflicting_id", entrance, record, "payment_id", value=value)
+
+
+def _conflicting_record(g: _Gen) -> dict:
     _, valid = g.rng.choice(g.valid)
     record, rng, ceiling = dict(valid), g.rng, LIMITS.max_amount(valid["currency"]).amount_minor
     change = rng.randrange(3)
@@ -381,19 +447,22 @@ def _conflicting_id(g: _Gen, entrance: str) -> Hostile:
         record["source"] = f"conflict {record.get('source', '')}"[:256]
     if record == valid:  # a source of 256 characters that the change left as it was
         record["services"] = (record.get("services", 1) + 1) % 10_001
-    value = g.avro(record) if entrance == "incoming_avro" else None
-    return g.hostile("conflicting_id", entrance, record, "payment_id", value=value)
+    return record
 
 
 def _refund_too_large(g: _Gen, entrance: str) -> Hostile:
     """A refund of more than one of the soak's valid payments was (within the per-record maximum)."""
+    record = _too_large_refund(g)
+    value = g.avro(record) if entrance == "incoming_avro" else None
+    return g.hostile("refund_too_large", entrance, record, "amount_minor", value=value)
+
+
+def _too_large_refund(g: _Gen) -> dict:
     pid, valid = g.rng.choice(_refundable(g))
     ceiling = LIMITS.max_amount(valid["currency"]).amount_minor
     amount = valid["amount_minor"] + g.rng.choice([1, g.rng.randint(1, ceiling - valid["amount_minor"])])
-    record = {"type": "refund", "refund_id": g.next_id("hzr"), "payment_id": pid, "payee_id": valid["payee_id"],
-              "amount_minor": amount, "currency": valid["currency"], "occurred_at": g.past(), "reason": "too large"}
-    value = g.avro(record) if entrance == "incoming_avro" else None
-    return g.hostile("refund_too_large", entrance, record, "amount_minor", value=value)
+    return {"type": "refund", "refund_id": g.next_id("hzr"), "payment_id": pid, "payee_id": valid["payee_id"],
+            "amount_minor": amount, "currency": valid["currency"], "occurred_at": g.past(), "reason": "too large"}
 
 
 def _refundable(g: _Gen) -> list[tuple[str, dict]]:
@@ -401,11 +470,151 @@ def _refundable(g: _Gen) -> list[tuple[str, dict]]:
             if record["amount_minor"] < LIMITS.max_amount(record["currency"]).amount_minor]
 
 
-ALL = ENTRANCES
-JSON_API = ("incoming_json", "api")
+# --- the publish entrances' own kinds, and CSV rows of the shared ones ---------------------------------
+
+
+def _not_json_line(g: _Gen, entrance: str) -> Hostile:
+    """A JSON Lines line that is not a JSON object: text that does not parse, or parses to another value."""
+    record = g.record()
+    compact = _json(record).decode()
+    text, field = g.rng.choice([*NOT_JSON_LINES, (compact[:g.rng.randrange(1, len(compact))], ""),
+                                (json.dumps([record], separators=(",", ":")), "record")])
+    return Hostile("not_json_line", entrance, None, text.encode(), field)
+
+
+def _csv_cell_count(g: _Gen, entrance: str) -> Hostile:
+    """A valid record's row with a cell too few or too many."""
+    row = next(csv.reader([_csv_row(g.record()).decode()]))
+    row = row[:-g.rng.randint(1, 3)] if g.rng.random() < 0.5 else row + [""] * g.rng.randint(1, 3)
+    buffer = io.StringIO()
+    csv.writer(buffer, lineterminator="").writerow(row)
+    return g.csv("csv_cell_count", {}, "record", value=buffer.getvalue().encode())
+
+
+def _bad_csv_header(g: _Gen, entrance: str) -> Hostile:
+    """A whole file: a header with an empty or repeated column name, then a valid row (never sent)."""
+    header = g.rng.choice(BAD_CSV_HEADERS)
+    return g.csv("bad_csv_header", {}, "header", value=header.encode() + b"\n" + _csv_row(g.record()))
+
+
+def _csv_wrong_type(g: _Gen) -> Hostile:
+    field, text = g.rng.choice([*(("amount_minor", text) for text in CSV_INTEGER_TEXTS),
+                                *(("services", text) for text in CSV_INTEGER_TEXTS if text),
+                                ("metadata", "k=v"), ("metadata", "[1,2]"), ("metadata", '"text"'), ("metadata", "null"),
+                                ("metadata", "{bad"), ("metadata.k", '{"k":1}'), ("metadata.k", '{"k":["v"]}')])
+    return g.csv("wrong_type", g.record(("payment",)), field, {field.split(".")[0]: text})
+
+
+def _csv_float_amount(g: _Gen) -> Hostile:
+    return g.csv("float_amount", g.record(), "amount_minor", {"amount_minor": g.rng.choice(FLOAT_TEXTS)})
+
+
+def _csv_huge_amount(g: _Gen) -> Hostile:
+    rng, record = g.rng, g.record(("payment",))
+    ceiling = LIMITS.max_amount(record["currency"]).amount_minor
+    text = rng.choice(["9" * rng.randint(41, 80), str(2**63), str(2**64), str(10 ** rng.randint(19, 39)),
+                       str(ceiling + rng.randint(1, 10**6))])
+    return g.csv("huge_amount", record, "amount_minor", {"amount_minor": text})
+
+
+def _csv_nonpositive_amount(g: _Gen) -> Hostile:
+    rng = g.rng
+    text = rng.choice(["0", "-1", "-0", "00", str(-rng.randint(2, 10**6)), str(-(2**63))])
+    return g.csv("nonpositive_amount", g.record(("payment",)), "amount_minor", {"amount_minor": text})
+
+
+def _csv_currency(kind: str, choose: Callable[[_Gen, str], str]) -> Callable[[_Gen], Hostile]:
+    def build(g: _Gen) -> Hostile:
+        record = g.record()
+        return g.csv(kind, record, "currency", {"currency": choose(g, record["currency"])})
+    return build
+
+
+def _csv_bad_timestamp(g: _Gen) -> Hostile:
+    future = g.now + timedelta(days=1, seconds=g.rng.randint(0, 10 * 365 * 86400))
+    text = g.rng.choice([*(value for value in BAD_TIMESTAMPS if isinstance(value, str)), future.isoformat()])
+    return g.csv("bad_timestamp", g.record(), "occurred_at", {"occurred_at": text})
+
+
+def _csv_bad_utc_offset(g: _Gen) -> Hostile:
+    return g.csv("bad_utc_offset", g.record(), "occurred_at", {"occurred_at": _bad_offset_text(g)})
+
+
+def _csv_oversized_metadata(g: _Gen) -> Hostile:
+    rng = g.rng
+    if rng.random() < 0.5:
+        metadata = {f"k{n}": "v" for n in range(rng.randint(LIMITS.metadata_max_keys + 1, 300))}
+    else:
+        metadata = {"note": "x" * rng.randint(LIMITS.metadata_max_bytes, 4 * LIMITS.metadata_max_bytes)}
+    return g.csv("oversized_metadata", {**g.record(), "metadata": metadata}, "metadata")
+
+
+def _csv_nested_metadata(g: _Gen) -> Hostile:
+    """Nested 1-64 deep: refused for the key; 3,000+ deep the cell is not readable JSON: for the column."""
+    record, key = g.record(), g.rng.choice(["deep", "k0", "a"])
+    deep = g.rng.random() < 0.15
+    text = _nested_text(g, record, key, deep)
+    return g.csv("nested_metadata", record, "metadata" if deep else f"metadata.{key}", {"metadata": text})
+
+
+def _csv_bad_id(kind: str, bad_bytes: Callable[[_Gen], bytes]) -> Callable[[_Gen], Hostile]:
+    """A NUL in an id cell is read (CSV takes it) and refused for the id; bytes that are not UTF-8 refuse the
+    whole line."""
+    def build(g: _Gen) -> Hostile:
+        record = g.record()
+        field = g.id_field(record)
+        ident, bad = record[field], bad_bytes(g)
+        at = g.rng.randrange(1, len(ident))
+        if bad == b"\x00":
+            return g.csv(kind, record, field, {field: ident[:at] + "\x00" + ident[at:]})
+        old = ident.encode()
+        value = _replace_once(_csv_row(record), old, old[:at] + bad + old[at + len(bad):])
+        return g.csv(kind, record, "", value=value)
+    return build
+
+
+def _csv_oversized_record(g: _Gen) -> Hostile:
+    """A source cell past its limit and past RECORD_MAX_BYTES; above the read limit, past what the CSV reader
+    takes in a cell (131,072 characters): the line is not read."""
+    rng = g.rng
+    unread = rng.random() < 0.08
+    size = (RECORD_READ_MAX_BYTES if unread else RECORD_MAX_BYTES) + rng.choice([1, rng.randint(2, 60_000)])
+    return g.csv("oversized_record", g.record(("payment",)), "" if unread else "source", {"source": "s" * size})
+
+
+def _csv_conflicting_id(g: _Gen) -> Hostile:
+    return g.csv("conflicting_id", _conflicting_record(g), "payment_id")
+
+
+def _csv_refund_too_large(g: _Gen) -> Hostile:
+    return g.csv("refund_too_large", _too_large_refund(g), "amount_minor")
+
+
+CSV_BUILDERS: dict[str, Callable[[_Gen], Hostile]] = {
+    "wrong_type": _csv_wrong_type,
+    "float_amount": _csv_float_amount,
+    "huge_amount": _csv_huge_amount,
+    "nonpositive_amount": _csv_nonpositive_amount,
+    "unknown_currency": _csv_currency("unknown_currency", lambda g, _: g.rng.choice(UNKNOWN_CURRENCIES)),
+    "lowercase_currency": _csv_currency(
+        "lowercase_currency", lambda g, code: g.rng.choice([code.lower(), code.capitalize(), code[:2] + code[2].lower()])),
+    "bad_timestamp": _csv_bad_timestamp,
+    "bad_utc_offset": _csv_bad_utc_offset,
+    "oversized_metadata": _csv_oversized_metadata,
+    "nested_metadata": _csv_nested_metadata,
+    "invalid_utf8_id": _csv_bad_id("invalid_utf8_id", lambda g: g.rng.choice([*INVALID_UTF8, SURROGATE_UTF8])),
+    "nul_in_id": _csv_bad_id("nul_in_id", lambda g: b"\x00"),
+    "oversized_record": _csv_oversized_record,
+    "conflicting_id": _csv_conflicting_id,
+    "refund_too_large": _csv_refund_too_large,
+}
+
+
+ALL = ENTRANCES + PUBLISH
+JSON_API = ("incoming_json", "api", *PUBLISH)
 INCOMING = ("incoming_json", "incoming_avro")
 AVRO = ("incoming_avro",)
-# kind -> (the entrances it is sent at, in turn; its builder)
+# kind -> (the entrances it is sent at, in turn, of those asked for; its builder; at publish_csv CSV_BUILDERS')
 CATEGORIES: dict[str, tuple[tuple[str, ...], Callable[[_Gen, str], Hostile]]] = {
     "wrong_type": (JSON_API, _wrong_type),
     "float_amount": (JSON_API, _float_amount),
@@ -425,28 +634,48 @@ CATEGORIES: dict[str, tuple[tuple[str, ...], Callable[[_Gen, str], Hostile]]] = 
     "wrong_key": (INCOMING, _wrong_key),
     "conflicting_id": (ALL, _conflicting_id),
     "refund_too_large": (ALL, _refund_too_large),
+    "not_json_line": (("publish",), _not_json_line),
+    "csv_cell_count": (("publish_csv",), _csv_cell_count),
+    "bad_csv_header": (("publish_csv",), _bad_csv_header),
 }
 
 
-def hostile_records(seed: int, count: int, now: datetime, valid_ids: dict[str, dict] | None = None) -> list[Hostile]:
+def entrances_of(kind: str, entrances: tuple[str, ...] = ENTRANCES) -> tuple[str, ...]:
+    """The entrances a kind is sent at, in turn, among `entrances`."""
+    return tuple(entrance for entrance in CATEGORIES[kind][0] if entrance in entrances)
+
+
+def hostile_records(seed: int, count: int, now: datetime, valid_ids: dict[str, dict] | None = None,
+                    entrances: tuple[str, ...] = ENTRANCES) -> list[Hostile]:
     """`count` hostile records, the same bytes for the same arguments; every category in turn, in a seeded order.
 
     `valid_ids` (payment_id -> the valid payment record the soak sends) is the material of the stateful
     kinds; without it (or without a payment below its currency's maximum, for refunds) they are left out.
+    `entrances`: where the records go (ENTRANCES by default; PUBLISH for `ledger publish` files): each kind
+    rotates through those of its entrances, kinds with none are left out.
     """
+    unknown = set(entrances) - set(ALL_ENTRANCES)
+    if unknown:
+        raise ValueError(f"unknown entrances {sorted(unknown)}; known: {', '.join(ALL_ENTRANCES)}")
     g = _Gen(seed, now, valid_ids)
-    kinds = [kind for kind in CATEGORIES
-             if kind not in STATEFUL_KINDS or (g.valid if kind == "conflicting_id" else _refundable(g))]
+    kinds = [kind for kind in CATEGORIES if entrances_of(kind, entrances) and (
+        kind not in STATEFUL_KINDS or (g.valid if kind == "conflicting_id" else _refundable(g)))]
     turn = {kind: g.rng.randrange(3) for kind in kinds}  # each kind rotates through its entrances
     records: list[Hostile] = []
     while len(records) < count:
         block = list(kinds)
         g.rng.shuffle(block)
         for kind in block[:count - len(records)]:
-            entrances, build = CATEGORIES[kind]
-            records.append(build(g, entrances[turn[kind] % len(entrances)]))
+            at = entrances_of(kind, entrances)
+            records.append(_build(g, kind, at[turn[kind] % len(at)]))
             turn[kind] += 1
     return records
+
+
+def _build(g: _Gen, kind: str, entrance: str) -> Hostile:
+    if entrance == "publish_csv" and kind in CSV_BUILDERS:
+        return CSV_BUILDERS[kind](g)
+    return CATEGORIES[kind][1](g, entrance)
 
 
 def expected_refusal(record: Hostile, now: datetime) -> tuple[str, str] | None:
@@ -454,10 +683,13 @@ def expected_refusal(record: Hostile, now: datetime) -> tuple[str, str] | None:
 
     Incoming records go through the sequencer's own judgement of raw bytes (interpret, key checked);
     a refusal of bytes that do not decode has field "". API bodies go through parse_record, record by
-    record, as POST /v1/payments does. STATEFUL_KINDS records are accepted here (None): only the
-    sequencer's state refuses them.
+    record, as POST /v1/payments does. Publish lines go through `ledger publish`'s own reading of a file
+    (publish_file_refusal). STATEFUL_KINDS records are accepted here (None): only the sequencer's state (or
+    the ledger index `ledger publish` consults) refuses them.
     """
     now = _utc(now)
+    if record.entrance in PUBLISH:
+        return publish_file_refusal(publish_file(record), record.entrance, now)
     if record.entrance == "api":
         try:
             body = json.loads(record.value)
@@ -480,3 +712,48 @@ def expected_refusal(record: Hostile, now: datetime) -> tuple[str, str] | None:
             return field, reason
         return "", exc.reason
     return None
+
+
+def publish_file(record: Hostile) -> bytes:
+    """A file of this publish record alone: the JSON line, or the CSV row under CSV_HEADER (a bad_csv_header
+    record is a whole file already)."""
+    if record.entrance == "publish":
+        return record.value + b"\n"
+    if record.kind == "bad_csv_header":
+        return record.value + b"\n"
+    return ",".join(CSV_HEADER).encode() + b"\n" + record.value + b"\n"
+
+
+def publish_file_refusal(data: bytes, entrance: str, now: datetime) -> tuple[str, str] | None:
+    """The first (field, reason) `ledger publish` gives the one record of a file (bytes as on disk), read the
+    way the command reads it: ("header", ...) for a CSV header it refuses whole, ("", ...) for a line that does
+    not parse. None when the rules accept the record (or the file holds no record)."""
+    from commands.publish import BadHeader, csv_items, jsonl_items  # click and rich: only when asked
+
+    read = jsonl_items if entrance == "publish" else csv_items
+    try:
+        items = list(read(io.BytesIO(data)))  # lines split as the command's binary file object splits them
+    except BadHeader as exc:
+        return "header", str(exc)
+    for item in items:
+        if item.error is not None:
+            return named_reason(item.error)
+        try:
+            parse_record(item.record, LIMITS, _utc(now), size=json_size(item.record))
+        except IntakeRejected as exc:
+            return exc.problems[0]
+    return None
+
+
+def named_reason(reason: str) -> tuple[str, str]:
+    """A reason as `ledger publish` reports it, "<field>: <reason>[; ...]", split at its first field; a line
+    that did not parse ("not valid JSON/CSV/UTF-8 ...") names no field."""
+    if reason.startswith("not valid "):
+        return "", reason
+    field, _, rest = reason.partition(": ")
+    return field, rest
+
+
+def names_field(reason: str, field: str) -> bool:
+    """Whether a `ledger publish` reason ("<field>: <reason>; <field>: <reason>") names `field`."""
+    return reason.startswith(f"{field}: ") or f"; {field}: " in reason

@@ -82,7 +82,9 @@ class Sandboxes:
 
     def paid_minor(self, payout_ids: set[str]) -> dict[str, dict[str, int]]:
         """What each provider really paid for these payouts, per currency, in minor units: the other side of
-        the ledger. Payouts of earlier demo runs paid by these sandboxes are left out."""
+        the ledger. Payouts of earlier demo runs paid by these sandboxes are left out. A Stripe transfer
+        reversed in full paid nothing (the ledger records it as a failed payout, "transfer_reversed"); one
+        reversed in part still counts whole, as in the ledger, which records only full reversals."""
         paid: dict[str, dict[str, int]] = {"stripe": {}, "mobile_money": {}, "bank_transfer": {}}
 
         def add(provider: str, payout_id: str, code: str, minor: int) -> None:
@@ -90,7 +92,8 @@ class Sandboxes:
                 paid[provider][code] = paid[provider].get(code, 0) + minor
 
         for transfer in self.stripe.transfers():
-            add("stripe", transfer["transfer_group"], transfer["currency"].upper(), transfer["amount"])
+            if not transfer["reversed"]:  # (not a 0 either: the ledger has no row for a currency it never paid)
+                add("stripe", transfer["transfer_group"], transfer["currency"].upper(), transfer["amount"])
         for transaction in self.mobile.transactions():
             if transaction["status"] == "SUCCESS":  # the partner id is the attempt's key: <payout>[:<attempt>]
                 unit, value = transaction["amount"]["unit"], str(Decimal(transaction["amount"]["value"]))

@@ -56,6 +56,18 @@ Semantics implemented (mirroring Stripe where it matters for us):
       the stored/replayed response is that 500 (what was sent).
   ``should_retry=True/False`` adds ``Stripe-Should-Retry`` to the fault
   response; the stripe SDK obeys that header before anything else.
+* Transfers can be updated (``POST /v1/transfers/{id}``: description,
+  metadata) and reversed (``POST /v1/transfers/{id}/reversals``: ``amount``
+  defaults to what is not reversed yet; more than that is a 400); a reversal
+  raises ``amount_reversed``, sets ``reversed`` once nothing is left, and
+  gives the destination account's ``balance`` (if tracked) back.
+  ``GET /v1/transfers/{id}/reversals[/{trr}]`` lists and reads them.
+* Events: every transfer created, updated or reversed is recorded as the
+  event Stripe would send (``transfer.created``, ``transfer.updated`` with
+  ``previous_attributes``, ``transfer.reversed``; ``data.object`` is the
+  transfer as it was then), in the order things happened: ``events()``.
+  Nothing is delivered by the server itself; ``sign_webhook`` signs a
+  payload (bytes exactly as given) for a client that delivers them.
 """
 
 from __future__ import annotations
@@ -215,6 +227,7 @@ class StripeTestServer(ThreadedTestServer):
         self._accounts: Dict[str, Dict[str, Any]] = {}
         self._transfers: Dict[str, Dict[str, Any]] = {}
         self._payouts: Dict[str, Dict[str, Any]] = {}
+        self._events: List[Dict[str, Any]] = []  # what Stripe would deliver, in the order it happened
         # scope -> {"fingerprint", "status", "body", "headers", "key"} or in-flight marker
         self._idem: Dict[Tuple[str, str, str], Dict[str, Any]] = {}
 
@@ -278,13 +291,31 @@ class StripeTestServer(ThreadedTestServer):
                 po["failure_message"] = None
             return json.loads(json.dumps(po))
 
+    def events(self, type_prefix: str = "", object_id: Optional[str] = None) -> List[Dict[str, Any]]:
+        """The events recorded so far, oldest first (optionally of a type prefix, about one object)."""
+        with self._lock:
+            return [json.loads(json.dumps(e)) for e in self._events if e["type"].startswith(type_prefix)
+                    and (object_id is None or e["data"]["object"].get("id") == object_id)]
+
+    def _record_event(self, type_: str, obj: Dict[str, Any], key: Optional[str],
+                      previous: Optional[Dict[str, Any]] = None) -> None:
+        """Called with the lock held, right after the change: the object as it is now."""
+        data: Dict[str, Any] = {"object": self._public(obj)}
+        if previous is not None:
+            data["previous_attributes"] = previous
+        self._events.append({
+            "id": _new_id("evt_"), "object": "event", "api_version": "2024-06-20", "type": type_,
+            "created": int(time.time()), "livemode": False, "pending_webhooks": 1,
+            "request": {"id": _new_id("req_"), "idempotency_key": key}, "data": data})
+
     # ------------------------------------------------------------- webhooks
     @staticmethod
     def sign_webhook(payload: bytes | str, secret: str, timestamp: Optional[int] = None) -> str:
-        if isinstance(payload, bytes):
-            payload = payload.decode("utf-8")
+        """Stripe's header for this payload: an HMAC-SHA256 of "<t>.<payload>" over the bytes as given (a
+        str is encoded as UTF-8), so a body that is not UTF-8 can be signed too."""
+        raw = payload.encode("utf-8") if isinstance(payload, str) else bytes(payload)
         ts = int(time.time()) if timestamp is None else int(timestamp)
-        sig = hmac.new(secret.encode("utf-8"), f"{ts}.{payload}".encode("utf-8"), hashlib.sha256).hexdigest()
+        sig = hmac.new(secret.encode("utf-8"), b"%d." % ts + raw, hashlib.sha256).hexdigest()
         return f"t={ts},v1={sig}"
 
     @staticmethod
@@ -434,6 +465,18 @@ class StripeTestServer(ThreadedTestServer):
                     return 200, self._list_transfers(query)
                 if method == "GET" and len(rest) == 1:
                     return 200, self._get(self._transfers, rest[0], "transfer")
+                if method == "POST" and len(rest) == 1:
+                    return 200, self._update_transfer(rest[0], params, key)
+                if method == "POST" and len(rest) == 2 and rest[1] == "reversals":
+                    return 200, self._reverse_transfer(rest[0], params, key)
+                if method == "GET" and len(rest) == 2 and rest[1] == "reversals":
+                    return 200, self._get(self._transfers, rest[0], "transfer")["reversals"]
+                if method == "GET" and len(rest) == 3 and rest[1] == "reversals":
+                    for reversal in self._get(self._transfers, rest[0], "transfer")["reversals"]["data"]:
+                        if reversal["id"] == rest[2]:
+                            return 200, reversal
+                    raise _invalid(f"No such transfer reversal: '{rest[2]}'", code="resource_missing", param="id",
+                                   status=404)
             elif res == "payouts":
                 if method == "POST" and not rest:
                     return 200, self._create_payout(params, headers, key)
@@ -557,7 +600,62 @@ class StripeTestServer(ThreadedTestServer):
             }
             self._transfers[tr_id] = tr
             self._note_creation(key)
+            self._record_event("transfer.created", tr, key)
             return json.loads(json.dumps(tr))
+
+    def _transfer(self, tr_id: str) -> Dict[str, Any]:
+        tr = self._transfers.get(tr_id)
+        if tr is None:
+            raise _invalid(f"No such transfer: '{tr_id}'", code="resource_missing", param="id", status=404)
+        return tr
+
+    def _update_transfer(self, tr_id, params, key):
+        self._check_known(params, {"description", "metadata", "expand"})
+        metadata = self._metadata(params) if "metadata" in params else None
+        with self._lock:
+            tr = self._transfer(tr_id)
+            previous: Dict[str, Any] = {}
+            if "description" in params and (params["description"] or None) != tr["description"]:
+                previous["description"] = tr["description"]
+                tr["description"] = params["description"] or None
+            if metadata is not None:
+                merged = {k: v for k, v in {**tr["metadata"], **metadata}.items() if v != ""}  # "" unsets a key
+                if merged != tr["metadata"]:
+                    previous["metadata"] = dict(tr["metadata"])
+                    tr["metadata"] = merged
+            if previous:
+                self._record_event("transfer.updated", tr, key, previous)
+            return json.loads(json.dumps(tr))
+
+    def _reverse_transfer(self, tr_id, params, key):
+        self._check_known(params, {"amount", "description", "metadata", "refund_application_fee", "expand"})
+        metadata = self._metadata(params)
+        with self._lock:
+            tr = self._transfer(tr_id)
+            remaining = tr["amount"] - tr["amount_reversed"]
+            amount = self._amount(params) if "amount" in params else remaining
+            if remaining == 0:
+                raise _invalid(f"Transfer {tr_id} has already been fully reversed.", param="amount")
+            if amount > remaining:
+                raise _invalid(f"Amount {amount} is greater than the unreversed amount of transfer {tr_id} "
+                               f"({remaining}).", param="amount")
+            reversal = {
+                "id": _new_id("trr_"), "object": "transfer_reversal", "amount": amount,
+                "balance_transaction": _new_id("txn_"), "created": int(time.time()), "currency": tr["currency"],
+                "destination_payment_refund": _new_id("pyr_"), "metadata": metadata, "source_refund": None,
+                "transfer": tr_id,
+            }
+            tr["amount_reversed"] += amount
+            tr["reversed"] = tr["amount_reversed"] == tr["amount"]
+            listing = tr["reversals"]
+            listing["data"].insert(0, reversal)  # newest first, as Stripe lists them
+            listing["total_count"] += 1
+            acct = self._accounts.get(tr["destination"])
+            if acct is not None and acct["_balance"] is not None:
+                acct["_balance"] += amount  # the money comes back from the account
+            self._note_creation(key)
+            self._record_event("transfer.reversed", tr, key)
+            return json.loads(json.dumps(reversal))
 
     def _list_transfers(self, query):
         limit = query.get("limit", "10")
