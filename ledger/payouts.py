@@ -139,8 +139,13 @@ class PayoutBook:
     # --- the sequencer's check -----------------------------------------------------------------
 
     def refusal(self, event: Event) -> str | None:
-        """Why this lifecycle event may not be chained now, or None when it may."""
-        if event.event_type not in GATED_TYPES:
+        """Why this lifecycle event may not be chained now, or None when it may.
+
+        Every event about a payout needs the payout requested, for the same payee: an outcome of a payout the
+        ledger never requested (a forged or foreign provider webhook that names one) is refused. Outcomes of a
+        requested payout are facts from its provider and are chained in any state; the events that lead to a
+        provider call, or stop one (GATED_TYPES), must fit the payout's lifecycle."""
+        if event.event_type not in LIFECYCLE_TYPES or event.event_type == "PayoutRequested":
             return None
         payout_id = event.payload["payout_id"]
         payout = self.payouts.get(payout_id)
@@ -148,6 +153,8 @@ class PayoutBook:
             return f"payout {payout_id!r} was never requested"
         if payout.payee_id != event.payee_id:
             return f"payout {payout_id!r} belongs to payee {payout.payee_id!r}, not {event.payee_id!r}"
+        if event.event_type not in GATED_TYPES:
+            return None
         status = payout.status
         if event.event_type == "PayoutSubmitted":
             attempt = event.payload["attempt"]

@@ -335,7 +335,8 @@ class Sequencer:
         if self.index is None:
             self.rebuild()
         self._marker = self.store.start_run()
-        self._careful_left = self.settings.sequencer_batch_max if self._marker.running else 0
+        window = min(self.settings.sequencer_careful_window, self.settings.sequencer_batch_max)
+        self._careful_left = window if self._marker.running else 0
         self._careful_done = 0
         if self._marker.running:
             marker = self._marker
@@ -349,10 +350,12 @@ class Sequencer:
     def process(self, consumer: Consumer, records: list[Record]) -> None:
         """One polled batch of this sequencer's input records (after an unclean stop, the first one at a time).
 
-        The careful window covers what may have been in flight when the last run died: a whole batch (at most
-        batch_max records) if it died in a batch; only up to the record it was processing alone if it died in
-        the window, since nothing after that record was being processed. So kills that keep coming while a
-        sequencer works through its window shrink the window instead of restarting it (no livelock)."""
+        The careful window is sequencer_careful_window records (200) if it died in a batch, and only up to the
+        record it was processing alone if it died in the window (nothing after that record was in flight). A
+        poison record further into the batch than the window kills the next batch again, and each such death
+        moves the committed position on by a window, so it is still found, after at most batch_max / window
+        more deaths. A window of a whole batch (2,000 records one at a time, ~20 s) would never end under kills
+        every few seconds: a livelock the soak found."""
         while records and self._careful_left:
             record, records = records[0], records[1:]
             self._process_alone(consumer, record, self._marker)

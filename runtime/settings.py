@@ -69,6 +69,7 @@ class Settings(BaseSettings):
     sequencer_wait_s: int = Field(300, ge=1, le=7 * 86_400, description="how long a refund that arrived before its payment waits for it before it is dead-lettered")
     sequencer_wait_max_records: int = Field(10_000, ge=1, le=1_000_000, description="at most this many refunds wait for their payments; beyond it the oldest is dead-lettered")
     sequencer_poison_deaths: int = Field(2, ge=1, le=10, description="a record the sequencer died on this many times, processing it alone, is dead-lettered as poison")
+    sequencer_careful_window: int = Field(200, ge=1, le=100_000, description="after an unclean stop, records processed one at a time (at most one batch) before batches resume")
     partition_lease_s: float = Field(15.0, ge=3, le=600, description="partitioned processors (`--partitioned`): how long an instance's lease on a partition lasts without renewal; a dead instance's partitions move after about this long")
 
     checkpoint_every_events: int = Field(10_000, ge=1, le=1_000_000, description="a processor writes a checkpoint after at most this many records folded since the last one")

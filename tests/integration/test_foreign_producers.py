@@ -172,3 +172,24 @@ def test_a_record_that_kills_the_sequencer_is_dead_lettered_as_poison(settings, 
     # the last start knew it had died on that record alone: only it was processed alone, "last" went in a batch
     assert log.read_text().count("records were processed one at a time; back to batches") == 1
     assert "1 records were processed one at a time; back to batches" in log.read_text()
+
+
+def test_a_poison_record_deeper_in_a_batch_than_the_careful_window_is_still_found(settings, kcat, tmp_path):
+    """Each death in a batch is followed by a window of 2 records alone: the committed position moves on by a
+    window per death until the poison record is processed alone, twice, and dead-lettered."""
+    incoming, payee, log = settings.topic_incoming, "barber-1", tmp_path / "sequencer.log"
+    marker = "poison-deep-9c1e"
+    names = ["first", "second", "third", "deadly", "last"]
+    for name in names:
+        kcat.produce(incoming, compact(payment(name, payee, **({"source": marker} if name == "deadly" else {}))),
+                     key=payee.encode())
+    env = env_for(settings, tmp_path, LEDGER_FAULT_POISON=marker, LEDGER_SEQUENCER_CAREFUL_WINDOW="2")
+    codes = []
+    while not codes or codes[-1] != 0:
+        codes.append(run_sequencer_once(env, log))
+        assert len(codes) <= 7, f"still dying after {codes}: {log.read_text()[-2000:]}"
+    # a batch, a batch after a window of first+second, deadly alone in a window of third+deadly, deadly alone
+    assert codes == [-9, -9, -9, -9, 0]
+    assert chained_ids(settings) == Counter({"first": 1, "second": 1, "third": 1, "last": 1})
+    (letter,) = dead_letters(settings)
+    assert letter.stage == "poison" and marker.encode() in letter.value

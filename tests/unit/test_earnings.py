@@ -541,7 +541,8 @@ def test_settled_moves_in_flight_to_settled() -> None:
     assert ledger.balance_minor("USD") == (8_000, 0, 8_000, 0)
     ledger.submit(settled(payout_id, net))
     assert ledger.balance_minor("USD") == (8_000, 8_000, 0, 0)
-    ledger.submit(settled("unknown-payout", net))  # not ours: nothing moves
+    # an outcome of a payout never requested: the sequencer refuses it, and the fold would move nothing
+    assert ledger.index.verdict(settled("unknown-payout", net)).reason == "payout 'unknown-payout' was never requested"
     assert ledger.balance_minor("USD") == (8_000, 8_000, 0, 0)
 
 

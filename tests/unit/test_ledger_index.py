@@ -85,9 +85,9 @@ def test_dedupe_keys_of_different_types_do_not_collide() -> None:
 
 
 def test_dedupe_key_of_other_events_is_their_event_id() -> None:
-    settled = make_event("PayoutSettled", event_id="evt-42")
+    settled = make_event("PayeeHoldSet", event_id="evt-42")
     assert dedupe_key(settled) == "event:evt-42"
-    assert dedupe_key(make_event("PayoutSettled", event_id="evt-43")) != dedupe_key(settled)
+    assert dedupe_key(make_event("PayeeHoldSet", event_id="evt-43")) != dedupe_key(settled)
 
 
 @pytest.mark.parametrize("changes", [
@@ -241,11 +241,11 @@ def test_adjustments_are_deduplicated_by_adjustment_id(index: LedgerIndex) -> No
 
 
 def test_other_events_are_deduplicated_by_event_id(index: LedgerIndex) -> None:
-    settled = make_event("PayoutSettled", event_id="evt-settled-1")
+    settled = make_event("PayeeHoldSet", event_id="evt-settled-1")
     assert index.verdict(settled) == Verdict("accept")
     index.append(settled)
     assert index.verdict(settled).status == "duplicate"
-    assert index.verdict(make_event("PayoutSettled", event_id="evt-settled-2")) == Verdict("accept")
+    assert index.verdict(make_event("PayeeHoldSet", event_id="evt-settled-2")) == Verdict("accept")
 
 
 # --- append -------------------------------------------------------------------------------------------
@@ -299,7 +299,7 @@ def test_append_of_a_refund_over_the_limit_raises(index: LedgerIndex) -> None:
 
 
 def test_append_of_an_already_sequenced_event_raises(index: LedgerIndex) -> None:
-    sequenced = make_event("PayoutSettled", sequence=1, previous_hash=GENESIS_HASH)
+    sequenced = make_event("PayeeHoldSet", sequence=1, previous_hash=GENESIS_HASH)
     with pytest.raises(InvariantViolation, match=r"already sequenced"):
         index.append(sequenced)
     assert len(index) == 0
@@ -317,7 +317,7 @@ def _history(index: LedgerIndex) -> list[tuple[Event, bytes]]:
         adj("adj-1", payee="payee-2"),
         pay("pay-3", amount=50),
         ref("ref-2", "pay-2", payee="payee-2", amount=2000, code="EUR"),
-        make_event("PayoutSettled", event_id="evt-settled-1", payee_id="payee-3"),
+        make_event("PayeeHoldSet", event_id="evt-settled-1", payee_id="payee-3"),
     ]
     return [index.append(event) for event in events]
 
@@ -333,7 +333,7 @@ CANDIDATES = [
     ref("ref-5", "pay-3", payee="payee-2", amount=1),  # another payee's payment
     adj("adj-1", payee="payee-2"),  # duplicate adjustment
     adj("adj-2"),  # new adjustment
-    make_event("PayoutSettled", event_id="evt-settled-1", payee_id="payee-3"),  # duplicate by event id
+    make_event("PayeeHoldSet", event_id="evt-settled-1", payee_id="payee-3"),  # duplicate by event id
 ]
 
 

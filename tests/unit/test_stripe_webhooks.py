@@ -283,9 +283,17 @@ def test_the_same_stripe_event_gives_the_same_ledger_event_id() -> None:
     assert other.envelope.event_id != first.envelope.event_id
 
 
+def requested_for(outcome):  # noqa: ANN001, ANN201 - the PayoutRequested an outcome's payout needs in the index
+    from tests.unit.event_factory import make_event
+
+    return make_event("PayoutRequested", payee_id=outcome.payee_id, payout_id=outcome.payload["payout_id"])
+
+
 def test_a_redelivered_stripe_event_is_a_duplicate_to_the_sequencers_index() -> None:
     index = LedgerIndex(EventCodec().encode)
-    index.append(translate(event(event_id="evt_same"), received_at=RECEIVED_AT)[0])
+    paid = translate(event(event_id="evt_same"), received_at=RECEIVED_AT)[0]
+    index.append(requested_for(paid))
+    index.append(paid)
     redelivered = translate(event(event_id="evt_same"), received_at=RECEIVED_AT + timedelta(days=2))[0]
     assert index.verdict(redelivered).status == "duplicate"
     later_failure = translate(event("payout.failed", payout(status="failed"), event_id="evt_f"), received_at=RECEIVED_AT)[0]
