@@ -22,16 +22,16 @@ seed replays the same workload, hostile records and fault schedule.
 from __future__ import annotations
 
 import hashlib
-import json
 import random
-import secrets
 import time
 import uuid
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
-from typing import Any
+from typing import Any, Callable
 
 from demo.chaos import ChaosProcessors, ChaosThread, fault_schedule
+from demo.hostile import STATEFUL_KINDS
+from demo.soak_entrances import Servers, SoakEntrances
 from demo.data import make_inputs, make_payees
 from demo.drain import wait_quiet
 from demo.loss_watch import LossWatch
@@ -47,7 +47,6 @@ from processors.ledger_client import LedgerClient
 from processors.operations import Operations
 from projections.verify import verify
 from runtime import stack
-from runtime.processes import free_port
 from runtime.settings import Settings
 
 # crash points armed in every processor (per pass through the point): rare enough that work still flows
@@ -95,7 +94,6 @@ def run_soak(settings: Settings, options: SoakOptions, reporter: Reporter | None
         payees = sandboxes.set_up(payees)
         inputs = make_inputs(run_id, payees, options.payments, start, now - timedelta(minutes=2), rng)
         by_id = {payee.payee_id: payee for payee in payees}
-        hostile = _hostile_inputs(seed, options.hostile, now, inputs.records)
         env = {"LEDGER_KAFKA_BOOTSTRAP": bootstrap, "LEDGER_DATABASE_URL": database_url,
                "LEDGER_DATA_DIR": str(settings.data_dir.resolve()), "LEDGER_PARTITION_LEASE_S": "6",
                # the schedule's kills are not the records' fault: the most deaths before a record counts as poison
@@ -106,6 +104,7 @@ def run_soak(settings: Settings, options: SoakOptions, reporter: Reporter | None
         points = fault_points(options.crash_points)
         servers = Servers.make()
         env.update(servers.env)
+        hostile = SoakEntrances(seed, options.hostile, now, inputs.records, servers, env, log_dir)
         restart = (lambda: stack.restart_postgres(settings)) if stack.embedded_postgres_in_use(settings) else None
         processors = ChaosProcessors(log_dir, env, sandboxes.transfer_env(), options.instances, points,
                                      servers.arguments, restart)
@@ -113,9 +112,7 @@ def run_soak(settings: Settings, options: SoakOptions, reporter: Reporter | None
         replay = (f"ledger soak --seed {seed} --payees {options.payees} --payments {options.payments} "
                   f"--days {options.days} --kill-every {options.kill_every_s:g} --hostile {options.hostile}"
                   + "".join(f" --crash-point {item}" for item in options.crash_points))
-        verdict = {"seed": seed, "replay": replay, "logs": str(log_dir),
-                   "hostile_sent": sum(len(records) for records in hostile.values()),
-                   "hostile_sent_by_entrance": {name: len(records) for name, records in hostile.items()}}
+        verdict: dict[str, Any] = {"seed": seed, "replay": replay, "logs": str(log_dir)}
         try:
             with processors, LedgerClient(bootstrap, settings) as client:
                 operator = SoakOperator(client, Operations(settings, bootstrap, database_url), sandboxes, by_id,
@@ -123,27 +120,38 @@ def run_soak(settings: Settings, options: SoakOptions, reporter: Reporter | None
                 watch = LossWatch(settings, bootstrap, tail)
                 chaos.start()
                 try:
-                    _send_hostile(settings, bootstrap, hostile["incoming"], reporter)
+                    _send_hostile(settings, bootstrap, hostile.incoming, reporter)
+                    _phase(reporter, f"sending {len(hostile.api):,} hostile records to POST /v1/payments",
+                           hostile.send_api)
                     _append(settings, bootstrap, client, inputs, tail, processors, reporter, counts, watch)
-                    _send_hostile(settings, bootstrap, hostile["incoming_after"], reporter)  # name chained payments
+                    _send_hostile(settings, bootstrap, hostile.incoming_after, reporter)  # name chained payments
+                    _phase(reporter, f"publishing {len(hostile.publish):,} hostile lines with `ledger publish`",
+                           hostile.send_publish)
                     sandboxes.inject_trouble()
                     _simulate_days(settings, bootstrap, tail, operator, processors, start, now, reporter, counts)
+                    _phase(reporter, f"sending {hostile.webhooks_count:,} hostile webhook deliveries",
+                           lambda: hostile.send_webhooks(sandboxes.stripe.transfers()))
                     _append_late(client, inputs, tail, processors, operator, reporter, watch)
                 finally:
                     chaos.stop()
-                operator.resume()
+                    operator.resume()  # a pause left in force would stop the next run (and this one's payouts)
                 verdict.update(operator_pauses=operator.pauses, operator_cancels_sent=operator.cancels_sent)
                 processors.check()
                 _settle(tail, operator, processors, reporter)
                 reporter.phase("waiting for the projections")
                 peaks = _peak_memory(processors.pids())
                 processors.stop(EVENT_MAKERS)
+                settled_stripe = [payout.payout_id for payout in tail.payouts()
+                                  if payout.method == "stripe_standard" and payout.status.value == "settled"]
+                _phase(reporter, "reversing Stripe payouts and redelivering their webhooks out of order",
+                       lambda: hostile.redeliver(sandboxes.stripe, settled_stripe))
                 wait_quiet(settings, bootstrap, database_url, QUIET_WAIT_S * 2, alive=processors.check)
                 tail.poll()
                 peaks.update(_peak_memory(processors.pids()))
             reporter.phase("verifying the read models against the ledger")
             report = verify(settings, bootstrap, database_url)
             letters = list(read_dead_letters(bootstrap, settings.topic_dlq))
+            entrance_failures = hostile.check(bootstrap, settings)
             dead = [entry for entry in letters if entry.value in set(inputs.malformed)]
             summary = _summary(run_id, seed, demo, inputs, tail, operator, sandboxes, report, dead, counts, peaks)
             expected = {r["payment_id"] for r in inputs.records + inputs.late if r.get("type", "payment") == "payment"}
@@ -153,14 +161,26 @@ def run_soak(settings: Settings, options: SoakOptions, reporter: Reporter | None
                                              if not payout.status.terminal)[:20]
         except Exception as stalled:  # noqa: BLE001 - the workload could not finish (a stall, a broken chain): failed
             return {"elapsed_s": round(time.monotonic() - counts.started, 1), "soak": {
-                **verdict, **_faults(processors, chaos), "passed": False,
+                **verdict, **_entrances(hostile), **_faults(processors, chaos), "passed": False,
                 "failures": [f"the workload could not finish: {type(stalled).__name__}: {stalled}"]}}
         finally:
             tail.close()
-    refused = _hostile_verdict(hostile["incoming"] + hostile["incoming_after"], letters, _hostile().STATEFUL_KINDS)
-    failures = _failures(summary, verdict, refused, peaks, chaos, processors.crashes)
-    return {**summary, "soak": {**verdict, **_faults(processors, chaos), **refused, "passed": not failures,
-                                "failures": failures}}
+    refused = _hostile_verdict(hostile.incoming + hostile.incoming_after, letters, STATEFUL_KINDS)
+    failures = _failures(summary, verdict, refused, peaks, chaos, processors.crashes) + entrance_failures
+    return {**summary, "soak": {**verdict, **_entrances(hostile), **_faults(processors, chaos), **refused,
+                                "passed": not failures, "failures": failures}}
+
+
+def _entrances(hostile: SoakEntrances) -> dict[str, Any]:
+    by_entrance = hostile.sent_by_entrance
+    return {"hostile_sent": sum(by_entrance.values()), "hostile_sent_by_entrance": by_entrance,
+            "entrances": {key: value for key, value in hostile.results.items() if not key.endswith("_examples")
+                          or value}}
+
+
+def _phase(reporter: Reporter, name: str, work: Callable[[], None]) -> None:
+    reporter.phase(name)
+    work()
 
 
 def _faults(processors: ChaosProcessors, chaos: ChaosThread) -> dict[str, Any]:
@@ -172,39 +192,6 @@ def _faults(processors: ChaosProcessors, chaos: ChaosThread) -> dict[str, Any]:
             "faults_applied": chaos.applied, "stripe_troubles": chaos.troubles}
 
 
-@dataclass(frozen=True)
-class Servers:
-    """The HTTP entrances the soak runs (and kills) beside the processors: the API and the webhook endpoint."""
-
-    api_port: int
-    webhook_port: int
-    token: str
-    webhook_secret: str
-
-    @classmethod
-    def make(cls) -> "Servers":
-        return cls(free_port(), free_port(), secrets.token_urlsafe(24), f"whsec_{secrets.token_hex(16)}")
-
-    @property
-    def env(self) -> dict[str, str]:
-        # hostile records go one per request: the per-token rate must not be what refuses them
-        return {"LEDGER_API_TOKENS": json.dumps({self.token: "ingest"}), "LEDGER_INGEST_RATE_PER_S": "10000",
-                "LEDGER_STRIPE_WEBHOOK_SECRET": self.webhook_secret}
-
-    @property
-    def arguments(self) -> dict[str, list[str]]:
-        return {"api": ["api", "--port", str(self.api_port)],
-                "webhooks": ["webhooks", "serve", "--port", str(self.webhook_port)]}
-
-    @property
-    def api_url(self) -> str:
-        return f"http://127.0.0.1:{self.api_port}"
-
-    @property
-    def webhook_url(self) -> str:
-        return f"http://127.0.0.1:{self.webhook_port}/webhooks/stripe"
-
-
 def fault_points(extra: tuple[str, ...]) -> str:
     """The default crash points with `extra` ("point:probability") added or replacing a point's probability."""
     points = dict(item.split(":") for item in FAULT_POINTS.split(","))
@@ -213,28 +200,6 @@ def fault_points(extra: tuple[str, ...]) -> str:
         float(probability)  # a bad number is refused here, not in every processor
         points[point] = probability
     return ",".join(f"{point}:{probability}" for point, probability in points.items())
-
-
-def _hostile():  # noqa: ANN202 - the module
-    from demo import hostile
-
-    return hostile
-
-
-def _hostile_inputs(seed: int, count: int, now: datetime, records: list[dict]) -> dict[str, list]:
-    """The seed's hostile records by where and when they are sent. The stateful kinds (a payment id reused with
-    other content, a refund larger than its payment) name the workload's valid payments: they are sent after
-    those are chained, else a conflicting payment sent first would be recorded and the valid one refused."""
-    if not count:
-        return {"incoming": [], "incoming_after": [], "api": []}
-    hostile = _hostile()
-    valid = {record["payment_id"]: record for record in records if record.get("type", "payment") == "payment"}
-    made = hostile.hostile_records(seed, count, now, valid)
-    stateful = hostile.STATEFUL_KINDS
-    return {"incoming": [r for r in made if r.entrance != "api" and r.kind not in stateful],
-            "incoming_after": [r for r in made if r.entrance != "api" and r.kind in stateful],
-            # the API checks each record alone: a stateful kind passes it and is refused by the sequencer
-            "api": [r for r in made if r.entrance == "api" and r.kind not in stateful]}
 
 
 def _send_hostile(settings: Settings, bootstrap: str, hostile: list, reporter: Reporter) -> None:
