@@ -1,5 +1,5 @@
 """`ledger soak`: the demo's workload with two instances of each partitioned processor killed on a seeded
-schedule, hostile records on the input topic, then a verdict (demo/soak.py)."""
+schedule, hostile input through every entrance, then a verdict (demo/soak.py)."""
 
 from __future__ import annotations
 
@@ -28,7 +28,8 @@ from runtime.settings import Settings
 @click.option("--kill-every", "kill_every_s", default=1.0, show_default=True, type=click.FloatRange(0.05, 600),
               help="Mean seconds between two SIGKILLs of a random processor instance (each restarted at once).")
 @click.option("--hostile", default=2_000, show_default=True, type=click.IntRange(0, 1_000_000),
-              help="Hostile records sent straight to the input topic (JSON and Avro).")
+              help="Hostile inputs through every entrance: the input topic (JSON and Avro), POST /v1/payments, "
+                   "`ledger publish` files and the Stripe webhook endpoint.")
 @click.option("--instances", default=2, show_default=True, type=click.IntRange(1, 8),
               help="Instances of each partitioned processor (sequencer, projector, transfers, notifier).")
 @click.option("--crash-point", "crash_points", multiple=True, metavar="POINT:P",
@@ -37,10 +38,11 @@ from runtime.settings import Settings
 def soak(payees: int, payments: int, days: int, seed: int | None, kill_every_s: float, hostile: int, instances: int,
          crash_points: tuple[str, ...], as_json: bool) -> None:
     """Run every processor (the partitioned ones as INSTANCES `--partitioned` instances, crash points armed),
-    SIGKILL a random instance every KILL_EVERY seconds on average while the demo's workload runs and hostile
-    records arrive, then drain and judge: every payment chained once, every payout paid once and none lost,
-    the read models equal to a fresh fold, every hostile record dead-lettered with its field named, memory
-    bounded. Exits 1 on a failed verdict, printing the seed that replays it."""
+    the API and the webhook endpoint; SIGKILL a random one every KILL_EVERY seconds on average (and restart
+    the embedded PostgreSQL now and then) while the demo's workload runs and hostile inputs arrive through
+    every entrance; then drain and judge: every payment chained once, every payout paid once and none lost,
+    the read models equal to a fresh fold, every hostile input refused with its field named and none
+    accepted, memory bounded. Exits 1 on a failed verdict, printing the seed that replays it."""
     options = SoakOptions(payees=payees, payments=payments, days=days, seed=seed, instances=instances,
                           kill_every_s=kill_every_s, hostile=hostile, crash_points=crash_points)
     stream = Console(stderr=True) if as_json else console

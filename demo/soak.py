@@ -1,22 +1,25 @@
 """`ledger soak`: the demo's whole workload while a seeded fault schedule kills processors, then a verdict.
 
 The workload is the demo's (demo/run.py): payees over every provider, payments, refunds, adjustments,
-redelivered and late ones, the clock ticked across a week of cutoffs, an operator who retries,
-confirms, fails and holds, providers that fail. On top of it:
-- every partitioned processor runs as two `--partitioned` instances (demo/chaos.py), every processor
-  with crash points armed (LEDGER_FAULT_POINTS: inside checkpoint writes, between a provider's answer and
-  the outcome, between a batch's outputs and its commit), and restarted whenever it dies;
-- a fault schedule drawn from the seed SIGKILLs a random instance every `kill_every_s` on average
-  (restarting it at once) and now and then makes Stripe fail, answer 500 after creating the transfer, or
-  reset the connection;
-- hostile records (bench/soak_hostile.py, from the seed) go straight onto payments.incoming, as JSON and
-  as Avro.
+redelivered and late ones, the clock ticked across cutoffs, an operator who retries, confirms, fails,
+holds, pauses and cancels (demo/soak_operator.py), providers that fail. On top of it:
+- every partitioned processor runs as two `--partitioned` instances (demo/chaos.py), beside the aggregator,
+  alerts, the API and the webhook endpoint, every process with crash points armed (LEDGER_FAULT_POINTS:
+  inside checkpoint writes, between a provider's answer and the outcome, between a batch's outputs and its
+  commit), and restarted whenever it dies;
+- a fault schedule drawn from the seed SIGKILLs a random one every `kill_every_s` on average (restarting it
+  at once), restarts the embedded PostgreSQL now and then, and makes the providers fail, stall, or answer
+  500 after acting;
+- hostile input from the seed goes through every entrance (demo/soak_entrances.py): the input topic as
+  JSON and Avro, POST /v1/payments, `ledger publish` files, and the webhook endpoint; after the last
+  payouts, settled Stripe payouts are reversed and their webhooks redelivered out of order.
 Then the faults stop, every payout is finished, the ledger goes quiet, and the verdict is taken: the
 demo's (every payment chained exactly once, the ledger balanced per payee and currency, providers paid
-what the ledger settled and nothing twice, the read models equal to a fresh fold) plus every hostile
-record refused into the dead-letter topic with its original bytes and a reason naming its field, no
-process above the memory bound, and the fault schedule run. A failed verdict names the seed: the same
-seed replays the same workload, hostile records and fault schedule.
+what the ledger settled and nothing twice, the read models equal to a fresh fold) plus every hostile input
+refused with a reason naming its field and none accepted, the redelivered webhooks' payouts as expected,
+no process above the memory bound, and the fault schedule run. Lost payments fail the run as soon as they
+are proven lost (demo/loss_watch.py). A failed verdict names the seed: the same seed replays the same
+workload, hostile input and fault schedule.
 """
 
 from __future__ import annotations

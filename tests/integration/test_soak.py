@@ -56,5 +56,9 @@ def test_a_short_soak_passes_and_its_verdict_covers_every_fault_and_entrance(set
     verdict = json.loads(ran.stdout)["soak"] if ran.stdout.strip() else {}
     assert ran.returncode == 0 and verdict.get("passed"), (seed, verdict.get("failures"), ran.stderr[-3000:])
     assert verdict["kills_total"] >= 30 and verdict["postgres_restarts"] >= 1, verdict
-    assert set(verdict["hostile_sent_by_entrance"]) >= {"incoming", "incoming_after", "api"}, verdict
+    sent = verdict["hostile_sent_by_entrance"]
+    assert all(sent[name] > 0 for name in ("incoming", "incoming_after", "api", "publish", "webhooks")), sent
     assert verdict["hostile_not_refused"] == 0 and verdict["hostile_reasons_unnamed"] == 0, verdict
+    entrances = verdict["entrances"]
+    assert entrances["api_refused"] == sent["api"] and entrances["publish_refused"] == sent["publish"], entrances
+    assert entrances["redelivery_sent"] > 0 and entrances["webhooks_accepted"] == 0, entrances
