@@ -15,12 +15,14 @@ from processors.dead_letters import UnknownDeadLetter
 from processors.kafka_io import DeliveryFailed
 from processors.ledger_replay import CorruptLedger
 from runtime.kafka_admin import TopicError
+from runtime.kafka_security import KafkaRefused
 from runtime.single_instance import AlreadyRunning
 from runtime.processes import ServiceStartError
 from runtime.stack import StackNotRunning
 
 # Failures a user can act on: shown as one clear line and exit code 1, not a traceback.
 EXPECTED_FAILURES = (
+    KafkaRefused,
     ServiceStartError,
     StackNotRunning,
     TopicError,
@@ -44,7 +46,8 @@ class LedgerGroup(click.Group):
             fail(str(exc).strip() or type(exc).__name__)
         except ValidationError as exc:
             problems = "; ".join(
-                f"LEDGER_{'_'.join(str(part) for part in error['loc']).upper()}: {error['msg']}"
+                (f"LEDGER_{'_'.join(str(part) for part in error['loc']).upper()}: " if error["loc"] else "")
+                + error["msg"].removeprefix("Value error, ")
                 for error in exc.errors()
             )
             fail(f"invalid setting: {problems}")

@@ -17,13 +17,14 @@ from processors.log_end import end_offsets
 from projections.queries import projector_positions
 from runtime.database import make_engine
 from runtime.settings import Settings
+from runtime.kafka_security import secure
 
 POLL_S = 0.3
 
 
 def committed(bootstrap: str, group: str, topic: str, partitions: list[int]) -> dict[int, int]:
-    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": group, "enable.auto.commit": False,
-                         "logger": CLIENT_LOG})
+    consumer = Consumer(secure({"bootstrap.servers": bootstrap, "group.id": group, "enable.auto.commit": False,
+                         "logger": CLIENT_LOG}))
     try:
         offsets = consumer.committed([TopicPartition(topic, partition) for partition in partitions], timeout=10)
         return {tp.partition: max(tp.offset, 0) for tp in offsets}

@@ -12,6 +12,7 @@ from ledger.earnings import PayeeEarnings
 from ledger.payouts import Payout, PayoutBook
 from processors.kafka_io import CLIENT_LOG
 from processors.log_end import end_offsets
+from runtime.kafka_security import secure
 
 
 class LedgerTail:
@@ -23,8 +24,8 @@ class LedgerTail:
         self.counts: Counter = Counter()  # event type -> how many of ours are chained
         self.payment_ids: set[str] = set()
         starts = end_offsets(bootstrap, topic)
-        self._consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": "ledger-demo-tail",
-                                   "enable.auto.commit": False, "fetch.wait.max.ms": 50, "logger": CLIENT_LOG})
+        self._consumer = Consumer(secure({"bootstrap.servers": bootstrap, "group.id": "ledger-demo-tail",
+                                   "enable.auto.commit": False, "fetch.wait.max.ms": 50, "logger": CLIENT_LOG}))
         self._consumer.assign([TopicPartition(topic, partition, offset) for partition, offset in starts.items()])
 
     def poll(self, max_records: int = 5_000) -> int:

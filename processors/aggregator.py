@@ -38,6 +38,7 @@ from runtime.database import make_engine
 from runtime.logs import log_context
 from runtime.plans import plan_book
 from runtime.settings import Settings
+from runtime.kafka_security import faust_options
 
 # A close refused by the sequencer never comes back: decide that payee again after this long.
 PENDING_EXPIRY_S = 300.0
@@ -52,7 +53,7 @@ def make_app(settings: Settings, bootstrap: str, database_url: str) -> faust.App
         topic_partitions=settings.partitions_events, topic_replication_factor=settings.replication_factor,
         broker_session_timeout=settings.aggregator_session_timeout_s, broker_heartbeat_interval=1.0,
         processing_guarantee="at_least_once", consumer_auto_offset_reset="earliest", web_enabled=False,
-        datadir=str(settings.data_dir / "aggregator"),
+        datadir=str(settings.data_dir / "aggregator"), **faust_options(settings),
     )
     codec = EventCodec()
     book = plan_book(settings)

@@ -35,6 +35,7 @@ from confluent_kafka import Consumer, KafkaError, TopicPartition
 
 from processors.kafka_io import CLIENT_LOG
 from runtime import metrics
+from runtime.kafka_security import secure
 
 Positions = dict[str, dict[int, int]]  # topic -> partition -> next offset
 Proofs = dict[str, dict[int, str]]  # topic -> partition -> hash of the record at next offset - 1
@@ -150,9 +151,9 @@ def prove(bootstrap: str, checkpoint: Checkpoint, timeout_s: float = PROOF_TIMEO
     One consumer: per covered partition it reads from the record before the position, or from the last
     batch when the high watermark is lower (Tansu's is the last batch's base offset + 1, and it answers
     nothing at all for a fetch past the end), forward to that record or to the partition's end."""
-    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": "ledger-checkpoint-proof",
+    consumer = Consumer(secure({"bootstrap.servers": bootstrap, "group.id": "ledger-checkpoint-proof",
                          "enable.auto.commit": False, "enable.partition.eof": True, "auto.offset.reset": "error",
-                         "fetch.wait.max.ms": 20, "logger": CLIENT_LOG})
+                         "fetch.wait.max.ms": 20, "logger": CLIENT_LOG}))
     try:
         wanted: dict[tuple[str, int], int] = {}
         starts: list[TopicPartition] = []

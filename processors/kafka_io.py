@@ -17,6 +17,7 @@ from confluent_kafka import TIMESTAMP_NOT_AVAILABLE, Consumer, KafkaError, Kafka
 from confluent_kafka.admin import AdminClient
 
 from runtime import metrics
+from runtime.kafka_security import secure
 
 METADATA_TIMEOUT_S = 10.0
 # librdkafka's own log lines (broker down, ...) through Python logging, so they follow LEDGER_LOG_FORMAT
@@ -41,7 +42,7 @@ def make_producer(bootstrap: str, **overrides: object) -> Producer:
         "logger": CLIENT_LOG,
     }
     config.update(overrides)
-    return Producer(config)
+    return Producer(secure(config))
 
 
 class DeliveryTracker:
@@ -69,7 +70,7 @@ def flush_or_raise(producer: Producer, tracker: DeliveryTracker, expected: int, 
 
 def topic_partitions(bootstrap: str, topic: str) -> list[int]:
     """The topic's partition numbers; a clear error when the topic does not exist."""
-    metadata = AdminClient({"bootstrap.servers": bootstrap}).list_topics(topic, timeout=METADATA_TIMEOUT_S)
+    metadata = AdminClient(secure({"bootstrap.servers": bootstrap})).list_topics(topic, timeout=METADATA_TIMEOUT_S)
     if topic not in metadata.topics or metadata.topics[topic].error is not None:
         raise KafkaException(f"topic {topic} does not exist: run `ledger up`")
     return sorted(metadata.topics[topic].partitions)
@@ -101,10 +102,10 @@ def read_topic(bootstrap: str, topic: str, timeout_s: float = 30.0) -> Iterator[
 
     Bounded: raises TimeoutError if the end of every partition is not reached within timeout_s.
     """
-    metadata = AdminClient({"bootstrap.servers": bootstrap}).list_topics(topic, timeout=METADATA_TIMEOUT_S)
+    metadata = AdminClient(secure({"bootstrap.servers": bootstrap})).list_topics(topic, timeout=METADATA_TIMEOUT_S)
     partitions = sorted(metadata.topics[topic].partitions)
     consumer = Consumer(
-        {
+        secure({
             "bootstrap.servers": bootstrap,
             "group.id": "ledger-reader",  # never committed: assign() reads without joining a group
             "enable.auto.commit": False,
@@ -112,7 +113,7 @@ def read_topic(bootstrap: str, topic: str, timeout_s: float = 30.0) -> Iterator[
             "auto.offset.reset": "earliest",
             "fetch.wait.max.ms": 20,  # an empty partition answers (EOF) at once instead of after 500 ms
             "logger": CLIENT_LOG,
-        }
+        })
     )
     try:
         consumer.assign([TopicPartition(topic, partition, 0) for partition in partitions])

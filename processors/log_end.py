@@ -13,12 +13,13 @@ import time
 from confluent_kafka import Consumer, KafkaError, TopicPartition
 
 from processors.kafka_io import topic_partitions
+from runtime.kafka_security import secure
 
 
 def end_offsets(bootstrap: str, topic: str, timeout_s: float = 5.0) -> dict[int, int]:
     """The next offset to be written, per partition; raises TimeoutError if the broker does not answer."""
-    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": "ledger-log-end", "enable.auto.commit": False,
-                         "enable.partition.eof": True, "fetch.wait.max.ms": 50})
+    consumer = Consumer(secure({"bootstrap.servers": bootstrap, "group.id": "ledger-log-end", "enable.auto.commit": False,
+                         "enable.partition.eof": True, "fetch.wait.max.ms": 50}))
     deadline = time.monotonic() + timeout_s
     try:
         ends: dict[int, int] = {}

@@ -22,6 +22,7 @@ from confluent_kafka import OFFSET_STORED, Consumer, KafkaError, KafkaException,
 from processors.checkpoints import Positions, Proofs, record_hash
 from processors.kafka_io import CLIENT_LOG, ConsumerLag, topic_partitions
 from processors.prefetch import BOUNDED_PREFETCH
+from runtime.kafka_security import secure
 
 logger = logging.getLogger("ledger.reader")
 
@@ -76,11 +77,11 @@ class LogReader:
         self.at_end: set[tuple[str, int]] = set()
         self.records = 0
         self.lag = ConsumerLag(processor, self.topics)
-        self.consumer = Consumer({
+        self.consumer = Consumer(secure({
             "bootstrap.servers": bootstrap, "group.id": group_id or f"ledger-{processor}-reader",
             "enable.auto.commit": False, "enable.auto.offset.store": False, "enable.partition.eof": True,
             "auto.offset.reset": "earliest", "fetch.wait.max.ms": 50, "logger": CLIENT_LOG,
-            **BOUNDED_PREFETCH, **(config or {})})  # a reader far behind must not hold the history in its queue
+            **BOUNDED_PREFETCH, **(config or {})}))  # a reader far behind must not hold the history in its queue
         self.consumer.assign(assignment)
 
     @property

@@ -38,6 +38,7 @@ from runtime import metrics
 from runtime.database import make_engine
 from runtime.partition_leases import Fenced, PartitionLeases
 from runtime.settings import Settings
+from runtime.kafka_security import secure
 
 GROUP_ID = "ledger-notifier"
 BATCH_MAX = 500
@@ -222,8 +223,8 @@ class Notifier:
     def _uncommitted_partitions(self) -> list[int]:
         """Partitions of ledger.events with no committed offset for this group (read from their beginning)."""
         topic = self.settings.topic_events
-        consumer = Consumer({"bootstrap.servers": self.bootstrap, "group.id": self.group_id,
-                             "enable.auto.commit": False})
+        consumer = Consumer(secure({"bootstrap.servers": self.bootstrap, "group.id": self.group_id,
+                             "enable.auto.commit": False}))
         try:
             committed = consumer.committed([TopicPartition(topic, p) for p in topic_partitions(self.bootstrap, topic)],
                                            timeout=10)

@@ -36,6 +36,7 @@ from processors.kafka_io import (
 )
 from processors.ledger_replay import CorruptLedger
 from processors.log_reader import LogReader
+from runtime.kafka_security import secure
 
 logger = logging.getLogger("ledger.run")
 
@@ -57,8 +58,8 @@ def fold_ledger(bootstrap: str, topic: str, codec: EventCodec, timeout_s: float 
 
 def processed_offsets(bootstrap: str, group_id: str, topic: str, timeout_s: float = 10.0) -> dict[int, int]:
     """The next offset per partition of `topic` that the consumer group has committed (0 where none)."""
-    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": group_id, "enable.auto.commit": False,
-                         "logger": CLIENT_LOG})
+    consumer = Consumer(secure({"bootstrap.servers": bootstrap, "group.id": group_id, "enable.auto.commit": False,
+                         "logger": CLIENT_LOG}))
     try:
         committed = consumer.committed([TopicPartition(topic, p) for p in topic_partitions(bootstrap, topic)],
                                        timeout=timeout_s)

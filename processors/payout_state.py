@@ -22,6 +22,7 @@ from processors.ledger_replay import CorruptLedger, decode_event
 from processors.log_reader import LogReader
 from processors.prefetch import BOUNDED_PREFETCH
 from runtime.settings import Settings
+from runtime.kafka_security import secure
 
 
 def load_book(bootstrap: str, topic: str, codec: EventCodec | None = None) -> PayoutBook:
@@ -76,8 +77,8 @@ def await_verdict(settings: Settings, bootstrap: str, event_id: str, timeout_s: 
     One reader follows both topics from their beginning: each record is read once, however long it waits.
     """
     codec = EventCodec()
-    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": "ledger-verdict", "enable.auto.commit": False,
-                         "auto.offset.reset": "earliest", "fetch.wait.max.ms": 100})
+    consumer = Consumer(secure({"bootstrap.servers": bootstrap, "group.id": "ledger-verdict", "enable.auto.commit": False,
+                         "auto.offset.reset": "earliest", "fetch.wait.max.ms": 100}))
     topics = (settings.topic_events, settings.topic_dlq)
     consumer.assign([TopicPartition(topic, partition, OFFSET_BEGINNING)
                      for topic in topics for partition in topic_partitions(bootstrap, topic)])

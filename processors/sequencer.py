@@ -48,6 +48,7 @@ from processors.waiting_room import WaitingRoom
 from runtime import metrics
 from runtime.logs import log_context
 from runtime.settings import Settings
+from runtime.kafka_security import secure
 
 Clock = Callable[[], datetime]
 SOURCE_HEADER = "ledger-source"
@@ -240,8 +241,8 @@ class Sequencer:
         """Of these dead-lettered input positions, those the input topics may deliver again (not committed)."""
         if not dead:
             return set()
-        consumer = Consumer({"bootstrap.servers": self.bootstrap, "group.id": self.settings.sequencer_group,
-                             "enable.auto.commit": False, "logger": CLIENT_LOG})
+        consumer = Consumer(secure({"bootstrap.servers": self.bootstrap, "group.id": self.settings.sequencer_group,
+                             "enable.auto.commit": False, "logger": CLIENT_LOG}))
         try:
             wanted = sorted({(topic, partition) for topic, partition, _ in dead})
             committed = {(tp.topic, tp.partition): tp.offset for tp in consumer.committed(
@@ -320,7 +321,7 @@ class Sequencer:
 
     @staticmethod
     def make_consumer(bootstrap: str, settings: Settings) -> Consumer:
-        return Consumer({
+        return Consumer(secure({
             "bootstrap.servers": bootstrap,
             "group.id": settings.sequencer_group,
             "enable.auto.commit": False,
@@ -328,7 +329,7 @@ class Sequencer:
             "auto.offset.reset": "earliest",
             "fetch.wait.max.ms": 20,  # librdkafka's 500 ms default: a record arriving at a waiting fetch waited too
             "logger": CLIENT_LOG,
-        })
+        }))
 
     def begin(self, consumer: Consumer) -> None:
         """Before the first batch: rebuild if not yet done, mark the run, judge refunds whose payment came meanwhile."""

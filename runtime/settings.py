@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 if TYPE_CHECKING:
@@ -28,11 +28,20 @@ class Settings(BaseSettings):
     `ledger up` are used (their addresses are read from the data dir's stack.json).
     """
 
-    model_config = SettingsConfigDict(env_prefix="LEDGER_", extra="ignore")
+    # hide_input_in_errors: a refused setting's error must not quote the other settings (a password among them)
+    model_config = SettingsConfigDict(env_prefix="LEDGER_", extra="ignore", hide_input_in_errors=True)
 
     kafka_bootstrap: str | None = Field(None, description="Kafka bootstrap servers; unset = embedded broker")
     database_url: str | None = Field(None, description="SQLAlchemy URL of PostgreSQL; unset = embedded")
-    schema_registry_url: str | None = Field(None, description="Confluent schema registry; unset = single-object encoding")
+    kafka_security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = Field(
+        "PLAINTEXT", description="how every Kafka client connects: PLAINTEXT, SSL, SASL_PLAINTEXT or SASL_SSL")
+    kafka_ssl_ca_file: Path | None = Field(None, description="PEM file of the CA(s) that signed the brokers' certificates (SSL, SASL_SSL); unset = the system's")
+    kafka_ssl_cert_file: Path | None = Field(None, description="PEM client certificate, for brokers that require mutual TLS (with kafka_ssl_key_file)")
+    kafka_ssl_key_file: Path | None = Field(None, description="PEM private key of kafka_ssl_cert_file")
+    kafka_sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = Field(
+        None, description="SASL mechanism (SASL_PLAINTEXT, SASL_SSL): PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512")
+    kafka_sasl_username: str | None = Field(None, description="SASL user name")
+    kafka_sasl_password: SecretStr | None = Field(None, description="SASL password (never logged or shown)")
     data_dir: Path = Field(Path(".ledger"), description="where the embedded stack keeps its files")
 
     topic_incoming: str = "payments.incoming"
@@ -137,10 +146,24 @@ class Settings(BaseSettings):
     embedded_postgres_port: int = Field(15432, ge=1, le=65535)
     embedded_database: str = "ledger"
 
-    @field_validator("kafka_bootstrap", "database_url", "schema_registry_url", mode="before")
+    @field_validator("kafka_bootstrap", "database_url", "kafka_ssl_ca_file", "kafka_ssl_cert_file",
+                     "kafka_ssl_key_file", "kafka_sasl_mechanism", "kafka_sasl_username", "kafka_sasl_password",
+                     mode="before")
     @classmethod
     def _blank_is_unset(cls, value: object) -> object:
         return None if isinstance(value, str) and not value.strip() else value
+
+    @field_validator("kafka_security_protocol", "kafka_sasl_mechanism", mode="before")
+    @classmethod
+    def _upper(cls, value: object) -> object:
+        return value.strip().upper() if isinstance(value, str) else value
+
+    @model_validator(mode="after")
+    def _kafka_security(self) -> "Settings":
+        from runtime.kafka_security import check_settings
+
+        check_settings(self)
+        return self
 
     @field_validator("provider_limits")
     @classmethod

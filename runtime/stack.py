@@ -18,7 +18,7 @@ from typing import Callable, Iterator
 
 from sqlalchemy.engine import make_url
 
-from runtime import embedded_broker, embedded_postgres
+from runtime import embedded_broker, embedded_postgres, kafka_security
 from runtime.database import current_revision, database_answers, run_migrations
 from runtime.kafka_admin import ensure_topics
 from processors.kafka_io import DeliveryFailed
@@ -108,7 +108,9 @@ def up(settings: Settings, report: Report = lambda _: None) -> tuple[StackState,
         broker_run = None
         if settings.kafka_bootstrap:
             bootstrap, broker_pid = settings.kafka_bootstrap, None
-            report(f"broker: using {bootstrap} (LEDGER_KAFKA_BOOTSTRAP)")
+            report(f"broker: using {bootstrap} (LEDGER_KAFKA_BOOTSTRAP, {settings.kafka_security_protocol})")
+            if settings.kafka_security_protocol != "PLAINTEXT":
+                kafka_security.preflight(bootstrap, settings.kafka_security_protocol)
         elif broker_ok and previous:
             bootstrap, broker_pid, broker_run = previous.kafka_bootstrap, previous.broker_pid, previous.broker_run
         else:
@@ -241,7 +243,7 @@ def status(settings: Settings) -> dict[str, object]:
         "postgres": {
             "embedded": postgres_embedded,
             "running": bool(postgres_up),
-            "url": database_url,
+            "url": make_url(database_url).render_as_string(hide_password=True) if database_url else None,
             "pid": state.postgres_pid if state and postgres_embedded else None,
             "revision": current_revision(database_url) if postgres_up and database_url else None,
         },
@@ -261,6 +263,8 @@ def connections(settings: Settings) -> tuple[str, str]:
         raise StackNotRunning(
             "no broker or database: run `ledger up` (embedded) or set LEDGER_KAFKA_BOOTSTRAP and LEDGER_DATABASE_URL"
         )
+    if settings.kafka_security_protocol != "PLAINTEXT":  # a wrong CA or password: one clear line, at once
+        kafka_security.preflight(bootstrap, settings.kafka_security_protocol)
     return bootstrap, database_url
 
 

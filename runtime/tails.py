@@ -16,6 +16,7 @@ from confluent_kafka import TIMESTAMP_NOT_AVAILABLE, Consumer, KafkaException, T
 
 from processors.kafka_io import CLIENT_LOG
 from processors.log_end import end_offsets
+from runtime.kafka_security import secure
 
 Progress = Callable[[str, int, int], None]  # (phase, records done, records in the tail)
 STALL_S = 30.0  # no record for this long while records are known to be there: the broker is not answering
@@ -35,8 +36,8 @@ class TailRecord:
 def committed_offsets(bootstrap: str, group: str, topic: str, partitions: list[int],
                       timeout_s: float = 10.0) -> dict[int, int]:
     """The consumer group's committed next offset per partition; 0 where it never committed."""
-    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": group, "enable.auto.commit": False,
-                         "logger": CLIENT_LOG})
+    consumer = Consumer(secure({"bootstrap.servers": bootstrap, "group.id": group, "enable.auto.commit": False,
+                         "logger": CLIENT_LOG}))
     try:
         offsets = consumer.committed([TopicPartition(topic, p) for p in partitions], timeout=timeout_s)
         for tp in offsets:
@@ -71,8 +72,8 @@ def read_tail(bootstrap: str, tail: Tail, stall_s: float = STALL_S,
     wanted = {p: (start, tail.ends[p]) for p, start in tail.starts.items() if start < tail.ends[p]}
     if not wanted:
         return
-    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": "ledger-tail-reader", "enable.auto.commit": False,
-                         "auto.offset.reset": "earliest", "fetch.wait.max.ms": 50, "logger": CLIENT_LOG})
+    consumer = Consumer(secure({"bootstrap.servers": bootstrap, "group.id": "ledger-tail-reader", "enable.auto.commit": False,
+                         "auto.offset.reset": "earliest", "fetch.wait.max.ms": 50, "logger": CLIENT_LOG}))
     try:
         consumer.assign([TopicPartition(tail.topic, p, start) for p, (start, _) in wanted.items()])
         last_record = time.monotonic()
