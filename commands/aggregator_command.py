@@ -8,7 +8,7 @@ import click
 
 from commands.output import console, emit_json, fail, metrics_port_option, start_logging
 from processors.clock import send_tick
-from runtime.metrics import start_metrics_server
+from runtime.metrics import mark_ready, start_metrics_server
 from runtime.settings import Settings
 from runtime.stack import connections
 
@@ -23,6 +23,7 @@ def aggregator(metrics_port: int | None) -> None:
     start_logging(settings, "aggregator")
     start_metrics_server(metrics_port)
     bootstrap, database_url = connections(settings)
+    mark_ready()  # /ready: the Faust worker starts now
     run_worker(settings, bootstrap, database_url)
 
 

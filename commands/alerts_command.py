@@ -15,7 +15,7 @@ from ledger.alerts import AlertNotFound, AlertTransitionRefused
 from processors.alert_measurements import InvalidAlertSetting
 from processors.alerter import AlertWatcher, deliver_pending, evaluate_alerts
 from projections.alert_store import STATUS_FILTERS, acknowledge_alert, list_alerts, resolve_alert
-from runtime.metrics import start_metrics_server
+from runtime.metrics import mark_ready, start_metrics_server
 from runtime.settings import Settings
 from runtime.stack import connections
 
@@ -80,6 +80,7 @@ def watch(every_s: float | None, metrics_port: int | None) -> None:
     start_metrics_server(metrics_port)
     log = logging.getLogger("ledger.alerts")
     watcher = AlertWatcher(settings, database_url, interval_s=every_s, log=log.info)
+    mark_ready()  # /ready: its evaluation loop starts now
     try:
         evaluations = watcher.run()
     except InvalidAlertSetting as exc:

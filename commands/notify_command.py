@@ -14,7 +14,7 @@ from commands.processor_lock import processor_lock
 from processors.notifier import Notifier
 from projections.payee_contacts import InvalidContact, delete_contact, get_contact, set_contact
 from runtime.database import make_engine
-from runtime.metrics import start_metrics_server
+from runtime.metrics import mark_ready, start_metrics_server
 from runtime.settings import Settings
 from runtime.stack import connections
 
@@ -44,7 +44,9 @@ def notifier(idle_exit: float | None, as_json: bool, partitioned: bool, metrics_
     start_metrics_server(metrics_port)
     bootstrap, database_url = connections(settings)
     with processor_lock(database_url, f"notifier:{settings.topic_events}", partitioned=partitioned, standby=standby):
-        stats = Notifier(settings, bootstrap, database_url, partitioned=partitioned).run(idle_exit_s=idle_exit)
+        notifier_loop = Notifier(settings, bootstrap, database_url, partitioned=partitioned)
+        mark_ready()  # /ready: its work loop starts now
+        stats = notifier_loop.run(idle_exit_s=idle_exit)
     if as_json:
         emit_json(asdict(stats))
     else:

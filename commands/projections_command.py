@@ -15,7 +15,7 @@ from processors.kafka_io import read_topic
 from projections.projector import NAME, PROJECTED, Projector, clear_checkpoints
 from projections.projector_instances import PartitionedProjector
 from runtime.database import make_engine
-from runtime.metrics import start_metrics_server
+from runtime.metrics import mark_ready, start_metrics_server
 from runtime.settings import Settings
 from runtime.single_instance import single_instance
 from runtime.stack import connections
@@ -48,6 +48,7 @@ def projector(idle_exit: float | None, as_json: bool, partitioned: bool, metrics
     with processor_lock(database_url, f"projector:{settings.topic_events}", partitioned=partitioned, standby=standby):
         worker = (PartitionedProjector(settings, bootstrap, database_url) if partitioned
                   else Projector(settings, bootstrap, database_url))
+        mark_ready()  # /ready: its work loop starts now
         stats = worker.run(idle_exit_s=idle_exit)
     if as_json:
         emit_json(asdict(stats))

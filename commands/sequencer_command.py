@@ -10,7 +10,7 @@ from commands.output import metrics_port_option, standby_option, console, emit_j
 from commands.processor_lock import processor_lock
 from processors.sequencer import Sequencer, logger
 from processors.sequencer_instances import PartitionedSequencer
-from runtime.metrics import start_metrics_server
+from runtime.metrics import mark_ready, start_metrics_server
 from runtime.settings import Settings
 from runtime.stack import connections
 
@@ -43,12 +43,14 @@ def sequencer(idle_exit: float | None, as_json: bool, partitioned: bool, metrics
                 worker = PartitionedSequencer(settings, bootstrap, database_url)
             except ValueError as exc:  # the topics' partition counts differ
                 raise click.ClickException(str(exc)) from None
+            mark_ready()  # /ready: its work loop starts now
             stats = worker.run(idle_exit_s=idle_exit)
         else:
             single = Sequencer(settings, bootstrap, database_url=database_url)
             single.rebuild()
             logger.info("reading %s -> %s (rejects -> %s)", settings.topic_incoming, settings.topic_events,
                         settings.topic_dlq)
+            mark_ready()  # /ready: its work loop starts now
             stats = single.run(idle_exit_s=idle_exit)
     if as_json:
         emit_json(asdict(stats))

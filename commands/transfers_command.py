@@ -11,7 +11,7 @@ from commands.processor_lock import processor_lock
 from processors.transfer_instances import PartitionedTransfers
 from processors.transfer_processor import TransferProcessor, logger
 from runtime.providers import build_connectors
-from runtime.metrics import start_metrics_server
+from runtime.metrics import mark_ready, start_metrics_server
 from runtime.settings import Settings
 from runtime.stack import connections
 
@@ -50,9 +50,11 @@ def transfers(idle_exit: float | None, as_json: bool, partitioned: bool, metrics
                                                  lambda: build_connectors(settings))
             except ValueError as exc:  # the topics' partition counts differ
                 raise click.ClickException(str(exc)) from None
+            mark_ready()  # /ready: its work loop starts now
             stats = instances.run(idle_exit_s=idle_exit)
         else:
             worker = TransferProcessor(settings, bootstrap, connectors, database_url=database_url)
+            mark_ready()  # /ready: its work loop starts now
             stats = worker.run(idle_exit_s=idle_exit)
     if as_json:
         emit_json(asdict(stats))

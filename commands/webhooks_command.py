@@ -7,7 +7,7 @@ import os
 import click
 
 from commands.output import console, fail, metrics_port_option, start_logging
-from runtime.metrics import start_metrics_server
+from runtime.metrics import mark_ready, start_metrics_server
 from runtime.settings import Settings
 from runtime.stack import connections
 
@@ -41,5 +41,6 @@ def serve(host: str, port: int, metrics_port: int | None) -> None:
     app = make_app(secret, kafka_append(settings, bootstrap))
     console.print(f"stripe webhooks: POST http://{host}:{port}/webhooks/stripe -> {settings.topic_commands}",
                   highlight=False)
+    mark_ready()  # /ready on --metrics-port: the endpoint starts serving now (its own /ready is on --port)
     # log_config=None: uvicorn's lines go to the root handler start_logging installed (text or json)
     uvicorn.run(app, host=host, port=port, log_level="info", log_config=None, server_header=False)

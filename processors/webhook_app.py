@@ -69,7 +69,7 @@ async def _read_body(request: Request, body_bytes_max: int) -> bytes | None:
 def make_app(secret: str, append: Append, *, tolerance_s: int = DEFAULT_TOLERANCE_S,
              clock: Callable[[], float] = time.time, body_bytes_max: int = BODY_BYTES_MAX,
              guard: ReplayGuard | None = None) -> FastAPI:
-    """The webhook app: POST /webhooks/stripe and GET /healthz.
+    """The webhook app: POST /webhooks/stripe, and GET /health, /ready (probes) and /healthz (kept for old checks).
 
     `append` must block until the events are durably stored and raise if they are not; it runs in
     a worker thread so the event loop keeps serving.
@@ -84,6 +84,16 @@ def make_app(secret: str, append: Append, *, tolerance_s: int = DEFAULT_TOLERANC
     @app.get("/healthz")
     async def healthz() -> dict[str, bool]:
         return {"ok": True}
+
+    @app.get("/health", summary="Liveness: the process answers")
+    async def health() -> dict[str, str]:
+        return {"status": "ok"}
+
+    # Ready as soon as it serves: the endpoint loads no state, and a delivery it cannot append (Kafka away)
+    # is answered 500, which Stripe retries; the app exists only once its secret and append are set.
+    @app.get("/ready", summary="Readiness: the endpoint serves deliveries")
+    async def ready() -> dict[str, bool]:
+        return {"ready": True}
 
     @app.post("/webhooks/stripe")
     async def stripe_webhook(request: Request) -> JSONResponse:
