@@ -8,6 +8,7 @@ import click
 import sqlalchemy.exc
 from confluent_kafka import KafkaException
 from pydantic import ValidationError
+from pydantic_settings import SettingsError
 
 from commands.output import fail
 from ledger.commission import InvalidPlan, UnknownPlan
@@ -51,6 +52,10 @@ class LedgerGroup(click.Group):
                 for error in exc.errors()
             )
             fail(f"invalid setting: {problems}")
+        except SettingsError as exc:  # an environment value that is not what the setting reads (e.g. not JSON)
+            field = str(exc).split('"')[1] if str(exc).count('"') >= 2 else ""
+            fail(f"invalid setting: LEDGER_{field.upper()} cannot be read (JSON expected for lists and maps)"
+                 if field else f"invalid setting: {exc}")
         except (click.exceptions.Exit, click.ClickException, click.Abort, SystemExit, KeyboardInterrupt):
             raise
         except Exception as exc:  # a bug, not a user error: say so briefly; LEDGER_DEBUG=1 shows the traceback

@@ -124,3 +124,12 @@ def test_client_errors_about_tls_and_sasl_name_the_setting_to_check(error: str, 
 
 def test_other_client_errors_are_not_explained_as_security() -> None:
     assert explain("KafkaError{code=_TRANSPORT,val=-195,str=\"Connection refused\"}") is None
+
+
+def test_a_setting_that_cannot_be_read_is_one_line_naming_it(tmp_path: Path) -> None:
+    ledger = str(Path(sys.executable).with_name("ledger"))
+    env = {"PATH": "/usr/bin:/bin", "LEDGER_DATA_DIR": str(tmp_path), "LEDGER_API_TOKENS": "REPLACE_ME"}
+    ran = subprocess.run([ledger, "status"], env=env, capture_output=True, text=True, timeout=60,
+                         stdin=subprocess.DEVNULL)
+    assert ran.returncode != 0 and ran.stderr.strip() == (
+        "error: invalid setting: LEDGER_API_TOKENS cannot be read (JSON expected for lists and maps)"), ran.stderr
