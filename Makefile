@@ -26,6 +26,12 @@ test: $(STAMP)
 	bash .ci/ensure-debian-packages
 	$(BIN)/pytest -n 3 --dist loadscope
 
+# The product as a user installs it: builds the wheel, installs it into a new virtual environment outside
+# the checkout, runs a small `ledger demo` and `ledger smoke` from an empty directory on free ports (CI too).
+.PHONY: wheel-check
+wheel-check:
+	PYTHON=$(PYTHON) bash .ci/wheel-check
+
 down: $(STAMP)
 	$(BIN)/ledger down
 

@@ -9,7 +9,6 @@ import json
 import logging
 import secrets
 from datetime import datetime, timezone
-from pathlib import Path as FilePath
 from typing import Any, Callable
 
 import jinja2
@@ -24,6 +23,7 @@ from api.auth import Principal, Role
 from api.context import ApiContext, context
 from api.routes_payouts import ID_PATTERN
 from ledger.earnings import close_id
+from ledger.package_data import package_dir
 from processors.kafka_io import DeliveryFailed
 from processors.operations import ActionResult, OperationRefused
 from projections import queries
@@ -32,8 +32,9 @@ from projections.payout_controls import read_pause
 router = APIRouter(include_in_schema=False)
 log = logging.getLogger("ledger.api.page")
 
-HERE = FilePath(__file__).parent
-TEMPLATES = Jinja2Templates(env=jinja2.Environment(loader=jinja2.FileSystemLoader(HERE / "templates"),
+TEMPLATE_DIR = package_dir("api", "templates")  # package data of api, installed or checked out
+STATIC_DIR = package_dir("api", "static")
+TEMPLATES = Jinja2Templates(env=jinja2.Environment(loader=jinja2.FileSystemLoader(TEMPLATE_DIR),
                                                    autoescape=True, undefined=jinja2.StrictUndefined))
 
 
@@ -191,7 +192,7 @@ def page(request: Request, ctx: ApiContext = Depends(context)) -> Response:
 
 @router.get("/ui/static/page.css")
 def stylesheet() -> Response:
-    return FileResponse(HERE / "static" / "page.css", media_type="text/css", headers={"Cache-Control": "max-age=300"})
+    return FileResponse(STATIC_DIR / "page.css", media_type="text/css", headers={"Cache-Control": "max-age=300"})
 
 
 # --- signing in and out ------------------------------------------------------------------------------

@@ -24,12 +24,13 @@ from ledger.currencies import UnknownCurrency, currency
 from ledger.events import EVENT_TYPES, Envelope, Event
 from ledger.guards import require
 from ledger.money import Money
+from ledger.package_data import package_dir
 
 SINGLE_OBJECT_MAGIC = b"\xc3\x01"
 CONFLUENT_MAGIC = b"\x00"
 NAMESPACE = "payout_ledger"
 MONEY_TYPE = f"{NAMESPACE}.Money"
-DEFAULT_SCHEMA_DIR = Path(__file__).resolve().parents[1] / "schemas" / "avro"
+DEFAULT_SCHEMA_DIR = package_dir("schemas", "avro")  # the `schemas` package: a checkout or an installed wheel
 _PRIMITIVES = {"null", "boolean", "int", "long", "float", "double", "bytes", "string"}
 _ENVELOPE_FIELDS = tuple(field.name for field in fields(Envelope))
 require(_ENVELOPE_FIELDS == ("event_id", "event_type", "schema_version", "occurred_at", "recorded_at", "payee_id",

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import hashlib
 import io
-from pathlib import Path
 
 import sqlalchemy
 from sqlalchemy.engine import make_url
 
-MIGRATIONS_DIR = Path(__file__).resolve().parents[1] / "projections" / "migrations"
+from ledger.package_data import package_dir
+
+MIGRATIONS_DIR = package_dir("projections", "migrations")  # package data of projections, installed or checked out
 
 
 def normalize_url(url: str) -> str:

@@ -349,7 +349,8 @@ def test_the_image_is_built_from_the_repo_and_runs_ledger() -> None:
     dockerfile = (ROOT / "Dockerfile").read_text()
     assert re.search(r"^FROM python:3\.11-slim$", dockerfile, re.M)
     assert re.search(r"^ENTRYPOINT \[\"ledger\"\]$", dockerfile, re.M)
-    assert re.search(r"pip install (-e )?\.", dockerfile)
+    assert re.search(r"pip wheel --no-deps \. -w /wheels", dockerfile)  # built into a wheel, then installed:
+    assert re.search(r"pip install /tmp/wheels/\*\.whl", dockerfile) and "pip install -e" not in dockerfile
     ignored = set((ROOT / ".dockerignore").read_text().split())
     assert {".venv", ".ledger", "test-artifacts", ".git"} <= ignored
 
