@@ -55,6 +55,12 @@ def test_a_wrong_ca_and_plaintext_are_refused_by_kafka_and_postgresql(tls, tmp_p
     with pytest.raises(KafkaException):  # plaintext to the TLS listener: no metadata, ever
         AdminClient({"bootstrap.servers": bootstrap, "log_level": 0}).list_topics(timeout=5)
 
+    for mode in ("require", "verify-ca", "verify-full"):  # libpq's modes, given in LEDGER_DATABASE_URL
+        engine = sqlalchemy.create_engine(verified_url(postgres, pki.ca, mode))
+        with engine.connect() as connection:
+            assert connection.execute(sqlalchemy.text("SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()")
+                                      ).scalar_one() is True
+        engine.dispose()
     for url, why in ((verified_url(postgres, pki.other_ca), "certificate verify failed"),
                      (f"{postgres.url('ledger')}?sslmode=disable", "no encryption")):
         engine = sqlalchemy.create_engine(url)
