@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from demo.processes import LEDGER, PROCESSORS, ProcessorDied
+from demo.processes import PROCESSORS, ProcessorDied, spawn
 from runtime.processes import log_tail, stop_pid
 
 PARTITIONED = ("sequencer", "projector", "transfers", "notifier")
@@ -103,12 +103,9 @@ class ChaosProcessors:
 
     def _start(self, instance: str) -> None:
         name = self.specs[instance]
-        arguments = self.arguments[name]
-        env = {**os.environ, **self.env, **(self.transfer_env if name == "transfers" else {}),
+        env = {**self.env, **(self.transfer_env if name == "transfers" else {}),
                "LEDGER_FAULT_POINTS": self.fault_points, "PGAPPNAME": instance}
-        with (self.log_dir / f"{instance}.log").open("ab") as handle:
-            self.running[instance] = subprocess.Popen([LEDGER, *arguments], env=env, stdin=subprocess.DEVNULL,
-                                                      stdout=handle, stderr=subprocess.STDOUT, start_new_session=True)
+        self.running[instance] = spawn(self.arguments[name], env, self.log_dir / f"{instance}.log", "ab")
 
     def check(self) -> None:
         """Restart every instance that died (a crash point's SIGKILL, or anything else: counted by kind)."""

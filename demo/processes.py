@@ -28,6 +28,13 @@ EVENT_MAKERS = ("aggregator", "transfers", "notifier", "alerts")
 LEDGER = str(Path(sys.executable).with_name("ledger"))
 
 
+def spawn(arguments: list[str], env: dict[str, str], log: Path, mode: str = "wb") -> subprocess.Popen:
+    """`ledger ARGUMENTS` in its own session (a kill of its group reaches what it starts), output to `log`."""
+    with log.open(mode) as handle:
+        return subprocess.Popen([LEDGER, *arguments], env={**os.environ, **env}, stdin=subprocess.DEVNULL,
+                                stdout=handle, stderr=subprocess.STDOUT, start_new_session=True)
+
+
 class ProcessorDied(RuntimeError):
     """A processor exited while the demo still needed it."""
 
@@ -53,11 +60,8 @@ class Processors:
         self.log_dir.mkdir(parents=True, exist_ok=True)
         try:
             for name, arguments in PROCESSORS.items():
-                env = {**os.environ, **self.env, **(self.transfer_env if name == "transfers" else {})}
                 log = self.log_dir / f"{name}.log"
-                with log.open("wb") as handle:
-                    process = subprocess.Popen([LEDGER, *arguments], env=env, stdin=subprocess.DEVNULL,
-                                               stdout=handle, stderr=subprocess.STDOUT, start_new_session=True)
+                process = spawn(arguments, {**self.env, **(self.transfer_env if name == "transfers" else {})}, log)
                 self.running[name] = Processor(name, process, log)
         except BaseException:
             self.stop_all()
